@@ -1,0 +1,1 @@
+"""Prometheus metrics of report-worker: definitions, multiprocess collection, HTTP endpoint."""

@@ -1,0 +1,31 @@
+"""Every metric report-worker records; the names and labels are the contract with dashboards."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+MESSAGES = Counter(
+    "report_worker_messages", "Request messages by how they ended.", ["outcome"]
+)
+PROCESSING_SECONDS = Histogram(
+    "report_worker_processing_seconds", "Message received to acked.", buckets=LATENCY_BUCKETS
+)
+STAGE_SECONDS = Histogram(
+    "report_worker_stage_seconds", "Time spent per pipeline stage.", ["stage"], buckets=STAGE_BUCKETS
+)
+LLM_REQUESTS = Counter(
+    "report_worker_llm_requests", "LLM calls by outcome.", ["model", "outcome"]
+)
+LLM_SECONDS = Histogram(
+    "report_worker_llm_request_seconds", "LLM call duration.", ["model"], buckets=LATENCY_BUCKETS
+)
+LLM_TOKENS = Counter("report_worker_llm_tokens", "LLM tokens used.", ["model", "type"])
+LLM_COST = Counter("report_worker_llm_cost_usd", "Estimated LLM spend in US dollars.", ["model"])
+CACHE_REQUESTS = Counter(
+    "report_worker_cache_requests", "Cache lookups and writes by result.", ["cache", "result"]
+)
+INFLIGHT = Gauge(
+    "report_worker_inflight_messages", "Messages being processed now.", multiprocess_mode="livesum"
+)
+BROKER_RECONNECTS = Counter("report_worker_broker_reconnects", "Reconnections to RabbitMQ.")

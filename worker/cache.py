@@ -1,0 +1,60 @@
+"""Redis as a cache only: every failure is logged and counted, none stops a report."""
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from metrics.definitions import CACHE_REQUESTS
+from worker.logs import EventLog
+
+log = EventLog(__name__)
+
+
+class Cache:
+    """Keys `input:{user_id}` and `report:{report_id}`, behind an optional prefix."""
+
+    def __init__(self, url: str, prefix: str, input_ttl: int, report_ttl: int, pause_after_error: float = 2.0):
+        self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self.prefix = prefix
+        self.input_ttl = input_ttl
+        self.report_ttl = report_ttl
+        self.pause_after_error = pause_after_error
+        self._down_until = 0.0
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ping(self) -> None:
+        self.client.ping()
+
+    def previous_input(self, user_id: str) -> dict | None:
+        raw = self._call("input", "get", self.prefix + f"input:{user_id}")
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return None
+
+    def remember_input(self, user_id: str, request: dict[str, Any]) -> None:
+        self._call("input", "set", self.prefix + f"input:{user_id}", json.dumps(request), ex=self.input_ttl)
+
+    def remember_report(self, report_id: str, report: dict[str, Any]) -> None:
+        self._call("report", "set", self.prefix + f"report:{report_id}", json.dumps(report, default=str), ex=self.report_ttl)
+
+    def _call(self, cache: str, command: str, *args, **kwargs):
+        if time.monotonic() < self._down_until:
+            CACHE_REQUESTS.labels(cache, "error").inc()
+            return None
+        try:
+            result = getattr(self.client, command)(*args, **kwargs)
+        except redis.RedisError as exc:
+            self._down_until = time.monotonic() + self.pause_after_error
+            CACHE_REQUESTS.labels(cache, "error").inc()
+            log.warning("cache_unavailable", cache=cache, error=type(exc).__name__)
+            return None
+        if command == "get":
+            CACHE_REQUESTS.labels(cache, "hit" if result is not None else "miss").inc()
+        return result

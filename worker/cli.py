@@ -1,0 +1,139 @@
+"""The `report-worker` command line."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from worker import exitcodes, logs
+from worker.settings import Settings, SettingsError, load
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "worker_threads": getattr(args, "threads", None),
+        "prefetch_count": getattr(args, "prefetch", None),
+    }
+    return load(config_file=args.config, overrides=overrides)
+
+
+def cmd_consume(args) -> int:
+    from worker import service
+
+    settings = _settings(args)
+    logs.configure(settings.log_level, worker=settings.name)
+    code = service.run(settings)
+    _exit_now(code)
+
+
+def cmd_submit(args) -> int:
+    from worker import submit
+
+    return submit.run(_settings(args), args.file, args.wait, args.priority)
+
+
+def cmd_health(args) -> int:
+    from worker import health
+
+    result = health.report(_settings(args))
+    print(json.dumps(result, indent=2))
+    return 0 if all(check["ok"] for check in result.values()) else 1
+
+
+def cmd_dlq(args) -> int:
+    from worker import deadletters
+
+    settings = _settings(args)
+    if args.action == "list":
+        deadletters.list_messages(settings, args.limit, sys.stdout)
+    elif args.action == "replay":
+        print(json.dumps({"replayed": deadletters.replay(settings, args.limit)}))
+    else:
+        print(json.dumps({"purged": deadletters.purge(settings)}))
+    return 0
+
+
+def cmd_kb(args) -> int:
+    from worker import kbfiles
+    from worker.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.mongodb_url, settings.mongodb_database, settings.mongodb_timeout_seconds)
+    try:
+        if args.action == "import":
+            store.ensure_indexes()
+            path = kbfiles.sample_path() if args.file == "sample" else args.file
+            print(json.dumps({"imported": kbfiles.import_file(store, path)}))
+        else:
+            for entry in store.list_knowledge(args.category):
+                print(json.dumps(entry, default=str))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_fake_llm(args) -> int:
+    from worker import fakellm
+
+    return fakellm.run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    from worker import fakellm
+
+    top = argparse.ArgumentParser(prog="report-worker", description=__doc__)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="TOML settings file (environment overrides it)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("consume", parents=[common], help="run one consumer process in the foreground")
+    p.add_argument("--threads", type=int, help="worker threads (WORKER_THREADS)")
+    p.add_argument("--prefetch", type=int, help="prefetch count (RABBITMQ_PREFETCH_COUNT)")
+    p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("submit", parents=[common], help="publish requests like the backend does")
+    p.add_argument("file", help="JSON object, array or JSON lines; - for stdin")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the responses and print them")
+    p.add_argument("--priority", type=int, help="AMQP priority of the messages")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("health", parents=[common], help="ping RabbitMQ, Redis, MongoDB and the LLM")
+    p.set_defaults(func=cmd_health)
+
+    p = sub.add_parser("dlq", parents=[common], help="list, replay or purge dead-lettered requests")
+    p.add_argument("action", choices=("list", "replay", "purge"))
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("kb", parents=[common], help="import or list knowledge-base entries")
+    p.add_argument("action", choices=("import", "list"))
+    p.add_argument("file", nargs="?", default="sample", help="JSON or JSON lines file ('sample': the bundled one)")
+    p.add_argument("--category")
+    p.set_defaults(func=cmd_kb)
+
+    p = sub.add_parser("fake-llm", help="serve an OpenAI-compatible fake LLM for tests and demos")
+    fakellm.add_arguments(p)
+    p.set_defaults(func=cmd_fake_llm)
+    return top
+
+
+def _exit_now(code: int):
+    """Leave without waiting for worker threads still inside an LLM call (their messages are requeued)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SettingsError as exc:
+        print(f"report-worker: configuration error: {exc}", file=sys.stderr)
+        return exitcodes.CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency and faults."""
+
+import argparse
+import dataclasses
+import json
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MALFORMED_ANSWER = '{"title": "Your health report", "summary": "This answer stops in the middle'
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+    """The injectable behaviour; rates are probabilities per chat call."""
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_rate: float = 0.0
+    timeout_rate: float = 0.0
+    malformed_rate: float = 0.0
+    hang_seconds: float = 120.0
+    malformed_first: int = 0  # answer malformed to the first N calls of each request_id
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512
+
+    def __init__(self, address: tuple[str, int], faults: Faults, seed: int | None) -> None:
+        super().__init__(address, Handler)
+        self.faults = faults
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.random = random.Random(seed)
+        self.connections: set[socket.socket] = set()
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.calls = 0
+            self.by_request: Counter[str] = Counter()
+            self.statuses: Counter[str] = Counter()
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"calls": self.calls, "by_request": dict(self.by_request), "status": dict(self.statuses)}
+
+    def configure(self, **settings) -> Faults:
+        with self.lock:
+            self.faults = dataclasses.replace(self.faults, **settings)
+            return self.faults
+
+    def draw(self, request_id: str) -> tuple[Faults, int, dict[str, bool], float]:
+        """Count one chat call and roll its dice: (faults, call number for its request, fault flags, delay)."""
+        with self.lock:
+            faults = self.faults
+            self.calls += 1
+            self.by_request[request_id] += 1
+            rolls = {name: self.random.random() < getattr(faults, f"{name}_rate")
+                     for name in ("rate_limit", "error", "timeout", "malformed")}
+            spread = self.random.uniform(-faults.jitter, faults.jitter)
+            return faults, self.by_request[request_id], rolls, max(0.0, faults.latency * (1 + spread))
+
+    def count_status(self, status: int) -> None:
+        with self.lock:
+            self.statuses[str(status)] += 1
+
+    def close_connections(self) -> None:
+        with self.lock:
+            connections = list(self.connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.lock:
+            self.server.connections.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet: no access log
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.rstrip("/") == "/v1/models":
+            self.reply(200, {"object": "list", "data": [{"id": "fake-llm", "object": "model", "created": 0, "owned_by": "fake"}]})
+        elif self.path == "/_stats":
+            self.reply(200, self.server.stats())
+        else:
+            self.reply(404, error_body("not found", "invalid_request_error"))
+
+    def do_POST(self) -> None:
+        body = self.read_body()
+        if self.path.rstrip("/") == "/v1/chat/completions":
+            self.answer_chat(body)
+        elif self.path == "/_control":
+            try:
+                faults = self.server.configure(**json.loads(body or b"{}"))
+            except (TypeError, ValueError) as exc:
+                self.reply(400, error_body(str(exc), "invalid_request_error"))
+                return
+            self.reply(200, dataclasses.asdict(faults))
+        elif self.path == "/_reset":
+            self.server.reset()
+            self.reply(200, {"ok": True})
+        else:
+            self.reply(404, error_body("not found", "invalid_request_error"))
+
+    def read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def answer_chat(self, body: bytes) -> None:
+        try:
+            chat = json.loads(body)
+            messages = chat["messages"]
+        except (ValueError, KeyError, TypeError):
+            self.reply(400, error_body("body is not a chat completion request", "invalid_request_error"))
+            return
+        document = request_document(messages)
+        faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
+        if self.server.stopping.wait(delay):
+            return
+        if rolls["rate_limit"]:
+            self.reply(429, error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+                       {"retry-after": "1"})
+            return
+        if rolls["error"]:
+            self.reply(500, error_body("The server had an error while processing your request.", "server_error"))
+            return
+        if rolls["timeout"] and self.server.stopping.wait(faults.hang_seconds):
+            return
+        malformed = rolls["malformed"] or call_number <= faults.malformed_first
+        answer = MALFORMED_ANSWER if malformed else json.dumps(build_report(document))
+        self.reply(200, completion_body(chat.get("model") or "fake-llm", body, answer))
+
+    def reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        if self.path.startswith("/v1/chat"):
+            self.server.count_status(status)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True  # the client went away (it timed out); nothing to tell it
+
+
+def request_document(messages: list) -> dict:
+    """The first user message that is a JSON object: the report request, also inside a repair round."""
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            try:
+                document = json.loads(message.get("content") or "")
+            except (TypeError, ValueError):
+                continue
+            if isinstance(document, dict):
+                return document
+    return {}
+
+
+def build_report(document: dict) -> dict:
+    """A schema-valid report: one section per category, citing that category's knowledge entries."""
+    knowledge = [entry for entry in document.get("knowledge") or [] if isinstance(entry, dict)]
+    categories = document.get("categories") or sorted({str(e.get("category")) for e in knowledge}) or ["general_health"]
+    sections, cited = [], {}
+    for category in categories:
+        entries = [entry for entry in knowledge if entry.get("category") == category]
+        marks = "".join(f"[{entry['n']}]" for entry in entries)
+        topics = "; ".join(str(entry.get("title")) for entry in entries) or "general guidance"
+        body = f"Here is what your results mean for {category.replace('_', ' ')}. Key points: {topics} {marks}".strip()
+        sections.append({"category": category, "heading": category.replace("_", " ").title(), "body": body})
+        cited.update({entry["n"]: entry.get("id") for entry in entries})
+    return {
+        "title": "Your personal health report",
+        "summary": f"This report explains your results across {len(categories)} topics in plain language.",
+        "sections": sections,
+        "citations": [{"n": n, "kb_id": kb_id} for n, kb_id in sorted(cited.items())],
+    }
+
+
+def completion_body(model: str, prompt: bytes, answer: str) -> dict:
+    prompt_tokens, completion_tokens = max(1, len(prompt) // 4), max(1, len(answer) // 4)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def error_body(message: str, kind: str, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class FakeLLM:
+    """The fake server in a daemon thread: `with FakeLLM(latency=0.1) as fake: ReportWriter(base_url=fake.url, ...)`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, seed: int | None = None, **settings) -> None:
+        self._server = Server((host, port), Faults(**settings), seed)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> "FakeLLM":
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-llm", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+        self._server.close_connections()
+        self._server.server_close()
+
+    def stats(self) -> dict:
+        return self._server.stats()
+
+    def configure(self, **settings) -> None:
+        self._server.configure(**settings)
+
+    def reset(self) -> None:
+        self._server.reset()
+
+    def __enter__(self) -> "FakeLLM":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `report-worker fake-llm` options."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8400)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--jitter", type=float, default=0.0, help="latency spread, a fraction (0.2 = ±20%%)")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of calls answered 500")
+    parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of calls answered 429")
+    parser.add_argument("--timeout-rate", type=float, default=0.0, help="share of calls that hang 120 s")
+    parser.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers that are not JSON")
+    parser.add_argument("--seed", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or SIGINT, then return 0."""
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # server threads inherit the block
+    fake = FakeLLM(args.host, args.port, args.seed, latency=args.latency, jitter=args.jitter,
+                   error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
+                   timeout_rate=args.timeout_rate, malformed_rate=args.malformed_rate)
+    try:
+        fake.start()
+        print(json.dumps({"event": "fake_llm_listening", "url": fake.url}), flush=True)
+        signal.sigwait(stop_signals)
+        fake.stop()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return 0

@@ -1,0 +1,93 @@
+"""How a delivery ends, decided from the pipeline's result or error class alone."""
+
+import time
+from datetime import datetime, timezone
+
+import pika
+
+from worker.delivery import ATTEMPT_HEADER, Delivery, Publish, Settlement
+from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError
+from worker.logs import EventLog
+from worker.pipeline import Pipeline, identify
+from worker.schemas import ReportGenerationResponse
+from worker.settings import Settings
+
+log = EventLog(__name__)
+MAX_REASON_CHARS = 1000
+
+
+def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> None:
+    """Run the pipeline for one delivery (on a worker thread) and settle it."""
+    started = time.perf_counter()
+    attempt = delivery.attempt
+    try:
+        response = pipeline.process(delivery.body, delivery.properties.content_type, delivery.redelivered)
+    except InProgress as exc:
+        settlement = retry(delivery, settings, attempt, exc, shortest=True)
+    except InvalidRequest as exc:
+        settlement = give_up(delivery, settings, exc, "invalid", exc.request_id, exc.user_id)
+    except PermanentError as exc:
+        settlement = give_up(delivery, settings, exc, "failed", *identify(delivery.body))
+    except Exception as exc:
+        if not isinstance(exc, TransientError):
+            log.error("unexpected_error", exc_info=exc, attempt=attempt)
+        if attempt <= settings.max_retries:
+            settlement = retry(delivery, settings, attempt + 1, exc)
+        else:
+            settlement = give_up(delivery, settings, exc, "dead_lettered", *identify(delivery.body))
+    else:
+        settlement = Settlement((respond(delivery, settings, response),), outcome="success")
+        log.info("report_done", request_id=response.request_id, report_id=response.report_id,
+                 attempt=attempt, seconds=round(time.perf_counter() - started, 4))
+    delivery.settle(settlement)
+
+
+def respond(delivery: Delivery, settings: Settings, response: ReportGenerationResponse) -> Publish:
+    """The response goes to the request's reply_to when it names one, else to the response queue."""
+    properties = pika.BasicProperties(
+        content_type="application/json",
+        delivery_mode=pika.DeliveryMode.Persistent,
+        correlation_id=delivery.properties.correlation_id,
+        timestamp=int(time.time()),
+    )
+    reply_to = delivery.properties.reply_to
+    return Publish(reply_to or settings.response_queue, response.to_bytes(), properties,
+                   fallback_key=settings.response_queue if reply_to else None)
+
+
+def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseException, shortest: bool = False
+          ) -> Settlement:
+    """Park a copy in the delay queue for `attempt`; it comes back to the request queue after the delay."""
+    delay = min(settings.retry_delays) if shortest else settings.retry_delay(attempt)
+    log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc),
+                request_id=identify(delivery.body)[0])
+    properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt})
+    publish = Publish(settings.retry_queue(delay), delivery.body, properties)
+    return Settlement((publish,), outcome="retried")
+
+
+def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome: str,
+            request_id: str, user_id: str) -> Settlement:
+    """A `failed` response (when the ids can be read) and the original message into the DLQ."""
+    reason = _reason(exc)
+    log.warning("dead_lettered", outcome=outcome, attempt=delivery.attempt, error=reason, request_id=request_id)
+    headers = {
+        "x-death-reason": outcome,
+        "x-error": reason,
+        "x-error-class": type(exc).__name__,
+        "x-attempts": delivery.attempt,
+        "x-original-queue": settings.request_queue,
+        "x-failed-at": datetime.now(timezone.utc).isoformat(),
+        "x-worker": settings.name,
+    }
+    publishes = [Publish(settings.dlq, delivery.body, delivery.copy_properties(**headers))]
+    if request_id:
+        failed = ReportGenerationResponse(request_id=request_id, user_id=user_id, status="failed",
+                                          error_message=reason)
+        publishes.insert(0, respond(delivery, settings, failed))
+    return Settlement(tuple(publishes), outcome=outcome)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:MAX_REASON_CHARS]

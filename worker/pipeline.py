@@ -1,0 +1,170 @@
+"""The report pipeline, stage by stage as in the seed's flow; each stage is timed."""
+
+import contextlib
+import json
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Iterator
+
+from pydantic import ValidationError
+
+from metrics.definitions import STAGE_SECONDS
+from worker.cache import Cache
+from worker.errors import InProgress, InvalidRequest
+from worker.knowledge import KnowledgeCache
+from worker.llm import GeneratedReport, ReportWriter, categories_for
+from worker.schemas import ReportGenerationRequest, ReportGenerationResponse
+from worker.store import Store, now
+
+
+@contextlib.contextmanager
+def timed(stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
+
+
+def identify(body: bytes) -> tuple[str, str]:
+    """Best-effort request_id and user_id of a message that may be invalid, for a `failed` response."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return "", ""
+    if not isinstance(data, dict):
+        return "", ""
+    ids = []
+    for key in ("request_id", "user_id"):
+        value = data.get(key)
+        ids.append(value if isinstance(value, str) and 0 < len(value) <= 128 else "")
+    return ids[0], ids[1]
+
+
+def validate(body: bytes, max_bytes: int, content_type: str | None = None) -> ReportGenerationRequest:
+    if content_type and not _is_json(content_type):
+        raise InvalidRequest(f"content type {content_type[:64]!r} is not JSON", *identify(body))
+    if len(body) > max_bytes:
+        raise InvalidRequest(f"message is {len(body)} bytes, more than the limit of {max_bytes}")
+    try:
+        text = body.decode("utf-8")
+        return ReportGenerationRequest.model_validate_json(text)
+    except UnicodeDecodeError:
+        raise InvalidRequest("message body is not UTF-8") from None
+    except ValidationError as exc:
+        request_id, user_id = identify(body)
+        raise InvalidRequest(_summarize(exc), request_id, user_id) from None
+    except RecursionError:
+        raise InvalidRequest("message JSON is nested too deeply") from None
+
+
+def _is_json(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind in ("application/json", "text/json") or kind.endswith("+json")
+
+
+def _summarize(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "message"
+        problems.append(f"{where}: {error['msg']}")
+    return "invalid request: " + "; ".join(problems)
+
+
+def remember_input(cache: Cache, request: ReportGenerationRequest) -> dict | None:
+    """Return the user's previous input (if cached) and cache this one."""
+    previous = cache.previous_input(request.user_id)
+    cache.remember_input(request.user_id, request.model_dump(mode="json"))
+    return previous
+
+
+def ensure_user(store: Store, user_id: str) -> None:
+    store.upsert_user(user_id)
+
+
+def knowledge_for(knowledge: KnowledgeCache, request: ReportGenerationRequest) -> list[dict]:
+    return knowledge.entries_for(categories_for(request))
+
+
+def generate(writer: ReportWriter, request: ReportGenerationRequest, entries: list[dict]) -> GeneratedReport:
+    return writer.generate(request, entries)
+
+
+def store_report(store: Store, request: ReportGenerationRequest, generated: GeneratedReport,
+                 entries: list[dict], input_changed: bool | None) -> dict:
+    """Insert the report; if the request already has one, that one wins. Returns what is stored."""
+    report = {
+        "report_id": str(uuid.uuid4()),
+        "request_id": request.request_id,
+        "user_id": request.user_id,
+        "report_data": {
+            "content": generated.content,
+            "categories": categories_for(request),
+            "knowledge_ids": [entry["id"] for entry in entries],
+            "input_changed": input_changed,
+        },
+        "json_content": generated.content,
+        "markdown_content": generated.markdown,
+        "created_at": now(),
+        "generation_time_seconds": round(generated.seconds, 3),
+        "tokens_used": generated.prompt_tokens + generated.completion_tokens,
+        "estimated_cost": generated.cost_usd,
+        "model": generated.model,
+    }
+    report["report_id"] = store.insert_report(report)
+    return report
+
+
+def cache_report(cache: Cache, report: dict) -> None:
+    cache.remember_report(report["report_id"], report)
+
+
+def success(request: ReportGenerationRequest, report_id: str) -> ReportGenerationResponse:
+    return ReportGenerationResponse(
+        request_id=request.request_id, user_id=request.user_id, report_id=report_id, status="success"
+    )
+
+
+@dataclass
+class Pipeline:
+    store: Store
+    cache: Cache
+    knowledge: KnowledgeCache
+    writer: ReportWriter
+    max_message_bytes: int
+    claim_seconds: float
+
+    def process(self, body: bytes, content_type: str | None = None, redelivered: bool = False
+                ) -> ReportGenerationResponse:
+        """Body in, success response out; raises TransientError, InProgress or PermanentError."""
+        request = validate(body, self.max_message_bytes, content_type)
+        with timed("store"):
+            existing = self.store.find_report(request.request_id)
+        if existing:
+            return success(request, existing["report_id"])
+        with timed("cache"):
+            previous = remember_input(self.cache, request)
+        with timed("user"):
+            ensure_user(self.store, request.user_id)
+        with timed("knowledge"):
+            entries = knowledge_for(self.knowledge, request)
+        owner = f"{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        with timed("store"):
+            if not self.store.claim(request.request_id, owner, self.claim_seconds, steal=redelivered):
+                raise InProgress(f"request {request.request_id} is being generated by another worker")
+        try:
+            with timed("llm"):
+                generated = generate(self.writer, request, entries)
+            input_changed = None if previous is None else previous != request.model_dump(mode="json")
+            with timed("store"):
+                report = store_report(self.store, request, generated, entries, input_changed)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.store.release(request.request_id, owner)
+            raise
+        with timed("cache"):
+            cache_report(self.cache, report)
+        return success(request, report["report_id"])

@@ -1,0 +1,201 @@
+"""One settings object: defaults, then a TOML file, then the environment, then CLI flags; validated once."""
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names it."""
+
+
+def _positive(value, name):
+    if value <= 0:
+        raise SettingsError(f"{name} must be > 0, got {value}")
+
+
+def _non_negative(value, name):
+    if value < 0:
+        raise SettingsError(f"{name} must be >= 0, got {value}")
+
+
+def _scheme(*schemes):
+    def check(value, name):
+        if urlsplit(value).scheme not in schemes:
+            raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
+    return check
+
+
+def _one_of(*choices):
+    def check(value, name):
+        if value not in choices:
+            raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return check
+
+
+def _delays(value, name):
+    if not value or any(d <= 0 for d in value):
+        raise SettingsError(f"{name} must be a comma-separated list of positive seconds")
+
+
+def _priority(value, name):
+    if not 0 <= value <= 255:
+        raise SettingsError(f"{name} must be between 0 (off) and 255, got {value}")
+
+
+def _setting(env, default, check=None, **metadata):
+    return field(default=default, metadata={"env": env, "check": check, **metadata})
+
+
+@dataclass(frozen=True)
+class Settings:
+    rabbitmq_url: str = _setting("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/", _scheme("amqp", "amqps"))
+    request_queue: str = _setting("RABBITMQ_REQUEST_QUEUE", "report_generation_requests")
+    response_queue: str = _setting("RABBITMQ_RESPONSE_QUEUE", "report_generation_responses")
+    dlq: str = _setting("RABBITMQ_DLQ", "report_generation_requests_dlq")
+    prefetch_count: int = _setting("RABBITMQ_PREFETCH_COUNT", 0, _non_negative)  # 0: same as worker_threads
+    queue_type: str = _setting("RABBITMQ_QUEUE_TYPE", "classic", _one_of("classic", "quorum"))
+    max_priority: int = _setting("RABBITMQ_MAX_PRIORITY", 0, _priority)
+    heartbeat_seconds: int = _setting("RABBITMQ_HEARTBEAT", 60, _non_negative)
+    response_ttl_seconds: int = _setting("RESPONSE_TTL_SECONDS", 86400, _positive)
+    redis_url: str = _setting("REDIS_URL", "redis://localhost:6379/0", _scheme("redis", "rediss", "unix"))
+    redis_key_prefix: str = _setting("REDIS_KEY_PREFIX", "")
+    redis_cache_ttl: int = _setting("REDIS_CACHE_TTL", 3600, _positive)
+    report_cache_ttl: int = _setting("REPORT_CACHE_TTL", 86400, _positive)
+    mongodb_url: str = _setting("MONGODB_URL", "mongodb://localhost:27017", _scheme("mongodb", "mongodb+srv"))
+    mongodb_database: str = _setting("MONGODB_DATABASE", "report_worker")
+    mongodb_timeout_seconds: float = _setting("MONGODB_TIMEOUT_SECONDS", 5.0, _positive)
+    openai_api_key: str = _setting("OPENAI_API_KEY", "", secret=True)
+    openai_base_url: str = _setting("OPENAI_BASE_URL", "")
+    openai_model: str = _setting("OPENAI_MODEL", "gpt-4o")
+    llm_timeout_seconds: float = _setting("LLM_TIMEOUT_SECONDS", 120.0, _positive)
+    llm_max_retries: int = _setting("LLM_MAX_RETRIES", 1, _non_negative)
+    knowledge_cache_seconds: float = _setting("KNOWLEDGE_CACHE_SECONDS", 60.0, _non_negative)
+    worker_threads: int = _setting("WORKER_THREADS", 8, _positive)
+    worker_name: str = _setting("WORKER_NAME", "")
+    max_retries: int = _setting("MAX_RETRIES", 3, _non_negative)
+    retry_delays: tuple[float, ...] = _setting("RETRY_DELAYS", (5.0, 30.0, 300.0), _delays)
+    max_message_bytes: int = _setting("MAX_MESSAGE_BYTES", 1024 * 1024, _positive)
+    graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
+    connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)
+    log_level: str = _setting("LOG_LEVEL", "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    @property
+    def prefetch(self) -> int:
+        return self.prefetch_count or self.worker_threads
+
+    @property
+    def name(self) -> str:
+        return self.worker_name or f"report-worker@{socket.gethostname()}"
+
+    def retry_queue(self, delay: float) -> str:
+        return f"{self.request_queue}.retry.{_delay_label(delay)}"
+
+    def retry_delay(self, attempt: int) -> float:
+        """Delay before attempt number `attempt` (2 = first retry)."""
+        return self.retry_delays[min(attempt - 2, len(self.retry_delays) - 1)]
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting, safe to log: secrets masked, passwords removed from URLs."""
+        shown = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret"):
+                value = "***" if value else ""
+            elif isinstance(value, str) and "://" in value:
+                value = redact_url(value)
+            shown[f.name] = value
+        return shown
+
+
+def _delay_label(delay: float) -> str:
+    return f"{delay:g}s"
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _convert(f: dataclasses.Field, raw: Any) -> Any:
+    name = f.metadata["env"]
+    kind = f.type
+    try:
+        if kind is int:
+            if isinstance(raw, bool):
+                raise ValueError
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[float, ...]:
+            items = raw.split(",") if isinstance(raw, str) else raw
+            return tuple(float(x) for x in items if str(x).strip())
+        return str(raw).strip()
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} has an invalid value {raw!r} (expected {getattr(kind, '__name__', 'a list of numbers')})") from None
+
+
+def read_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a TOML file whose keys are the environment names, upper or lower case."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise SettingsError(f"--config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config {path}: not valid TOML ({exc})") from None
+    return {key.upper(): value for key, value in data.items()}
+
+
+ENV_NAMES = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build and validate the settings; `overrides` are CLI flags keyed by field name."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, raw in read_file(config_file).items():
+            if key not in ENV_NAMES:
+                raise SettingsError(f"--config {config_file}: unknown setting {key}")
+            values[ENV_NAMES[key].name] = _convert(ENV_NAMES[key], raw)
+    for key, f in ENV_NAMES.items():
+        if key in environ:
+            values[f.name] = _convert(f, environ[key])
+    fields_by_name = {f.name: f for f in dataclasses.fields(Settings)}
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _convert(fields_by_name[name], raw)
+    settings = Settings(**values)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    for f in dataclasses.fields(settings):
+        check = f.metadata.get("check")
+        if check:
+            check(getattr(settings, f.name), f.metadata["env"])
+    for f in dataclasses.fields(settings):
+        if f.type is str and f.name.endswith(("queue", "dlq")) and not getattr(settings, f.name):
+            raise SettingsError(f"{f.metadata['env']} must not be empty")
+    if not settings.openai_base_url and not settings.openai_api_key:
+        raise SettingsError("OPENAI_API_KEY is required when OPENAI_BASE_URL is not set")
+    if settings.openai_base_url:
+        _scheme("http", "https")(settings.openai_base_url, "OPENAI_BASE_URL")
+    if len(set(settings.retry_delays)) != len(settings.retry_delays):
+        raise SettingsError("RETRY_DELAYS must not repeat a delay")

@@ -1,0 +1,48 @@
+"""The queues we declare, their arguments, and a clear error when the broker has them otherwise."""
+
+from pika.exceptions import ChannelClosedByBroker
+
+from worker.settings import Settings
+
+PRECONDITION_FAILED = 406
+
+
+class QueueMismatch(Exception):
+    """A queue exists with other arguments than ours; only an operator can settle that."""
+
+
+def queue_arguments(settings: Settings) -> dict[str, dict]:
+    """Every queue we own, by name, with its declare arguments."""
+    base = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
+    request = dict(base)
+    if settings.max_priority and settings.queue_type == "classic":
+        request["x-max-priority"] = settings.max_priority
+    queues = {
+        settings.request_queue: request,
+        settings.response_queue: {**base, "x-message-ttl": settings.response_ttl_seconds * 1000},
+        settings.dlq: dict(base),
+    }
+    for delay in settings.retry_delays:
+        queues[settings.retry_queue(delay)] = {
+            **base,
+            "x-message-ttl": int(delay * 1000),
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": settings.request_queue,
+        }
+    return queues
+
+
+def declare(connection, settings: Settings) -> None:
+    """Declare every queue on a throw-away channel, so a mismatch cannot close the consuming one."""
+    channel = connection.channel()
+    for name, arguments in queue_arguments(settings).items():
+        try:
+            channel.queue_declare(name, durable=True, arguments=arguments)
+        except ChannelClosedByBroker as exc:
+            if exc.reply_code == PRECONDITION_FAILED:
+                raise QueueMismatch(
+                    f"queue {name!r} already exists with other arguments than this worker's "
+                    f"(wanted {arguments or 'none'}): {exc.reply_text}"
+                ) from None
+            raise
+    channel.close()
