@@ -64,6 +64,7 @@ class Consumer:
         self.handle = handle
         self.on_tick = on_tick
         self.stopping = False
+        self.exit_code = exitcodes.OK
         self.draining = False
         self.connection: pika.BlockingConnection | None = None
         self.channel = None
@@ -74,8 +75,9 @@ class Consumer:
 
     # ---- called from anywhere -------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Ask for a graceful stop; safe from a signal handler (it only sets a flag)."""
+    def stop(self, code: int = exitcodes.OK) -> None:
+        """Ask for a graceful stop, leaving with `code`; safe from a signal handler (it only sets flags)."""
+        self.exit_code = code
         self.stopping = True
 
     # ---- the I/O thread ---------------------------------------------------------------------
@@ -106,7 +108,7 @@ class Consumer:
                     delay = backoff.next()
                     log.warning("broker_connection_lost", error=_describe(exc), retry_in=round(delay, 2))
                     self._sleep(delay)
-            return exitcodes.OK
+            return self.exit_code
         finally:
             self._close()
 

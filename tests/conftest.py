@@ -1,0 +1,255 @@
+"""Shared fixtures: a fresh Mongo stand-in, the fake LLM, per-test names, worker processes, broker helpers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pika
+import pytest
+import redis
+
+from tests.services import MongoServer, wait_for
+from worker.fakellm import FakeLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def mongo():
+    """A throw-away MongoDB-protocol server for the whole run, fail points enabled."""
+    server = MongoServer(test_commands=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_server():
+    server = FakeLLM(latency=0.0).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm(llm_server):
+    """The fake LLM, reset to instant and error-free for each test."""
+    llm_server.configure(latency=0.0, jitter=0.0, error_rate=0.0, rate_limit_rate=0.0,
+                         timeout_rate=0.0, malformed_rate=0.0)
+    llm_server.reset()
+    return llm_server
+
+
+def sample_request(request_id: str | None = None, user_id: str = "user-1", **extra) -> dict:
+    request = json.loads((ROOT / "worker" / "data" / "sample_request.json").read_text())
+    request["request_id"] = request_id or str(uuid.uuid4())
+    request["user_id"] = user_id
+    request.update(extra)
+    return request
+
+
+class Broker:
+    """The test's own view of RabbitMQ: publish like the backend, read what the worker left."""
+
+    def __init__(self, names: dict):
+        self.names = names
+        self.connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
+    def publish(self, body, queue: str | None = None, **properties) -> None:
+        if isinstance(body, dict):
+            body = json.dumps(body).encode()
+        properties.setdefault("delivery_mode", 2)
+        properties.setdefault("content_type", "application/json")
+        self.channel.basic_publish("", queue or self.names["RABBITMQ_REQUEST_QUEUE"], body,
+                                   pika.BasicProperties(**properties))
+
+    def depth(self, queue: str) -> int:
+        return self.channel.queue_declare(queue, passive=True).method.message_count
+
+    def consumers(self, queue: str) -> int:
+        return self.channel.queue_declare(queue, passive=True).method.consumer_count
+
+    def take(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+        """Remove and return every message now in `queue`."""
+        taken = []
+        while True:
+            method, properties, body = self.channel.basic_get(queue, auto_ack=True)
+            if method is None:
+                return taken
+            taken.append((properties, body))
+
+    def collect(self, queue: str, count: int, timeout: float) -> list[dict]:
+        """Wait until `count` JSON messages were taken from `queue` (or fail), return them."""
+        got: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            messages = self.take(queue)
+            got.extend(json.loads(body) for _, body in messages)
+            if not messages:
+                self.connection.sleep(0.05)
+        assert len(got) >= count, f"expected {count} messages on {queue}, got {len(got)}"
+        return got
+
+    def responses(self, count: int, timeout: float = 30) -> list[dict]:
+        return self.collect(self.names["RABBITMQ_RESPONSE_QUEUE"], count, timeout)
+
+    def delete_queues(self, queues) -> None:
+        for queue in queues:
+            self.channel.queue_delete(queue)
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+
+@pytest.fixture
+def names(request):
+    """Queue names, database and Redis prefix of this test alone."""
+    tag = f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
+    return {
+        "RABBITMQ_REQUEST_QUEUE": f"t.{tag}.requests",
+        "RABBITMQ_RESPONSE_QUEUE": f"t.{tag}.responses",
+        "RABBITMQ_DLQ": f"t.{tag}.dlq",
+        "MONGODB_DATABASE": f"t_{uuid.uuid4().hex[:12]}",
+        "REDIS_KEY_PREFIX": f"t:{tag}:",
+    }
+
+
+@pytest.fixture
+def env(names, mongo, llm):
+    """Environment for a worker process of this test; tests add or change keys."""
+    values = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "MONGODB_", "REDIS_", "OPENAI_"))},
+        **names,
+        "RABBITMQ_URL": RABBITMQ_URL,
+        "REDIS_URL": REDIS_URL,
+        "MONGODB_URL": mongo.url,
+        "OPENAI_BASE_URL": llm.url,
+        "OPENAI_API_KEY": "test-key",
+        "RETRY_DELAYS": "0.3,0.6",
+        "MAX_RETRIES": "2",
+        "LLM_MAX_RETRIES": "0",
+        "LLM_TIMEOUT_SECONDS": "10",
+        "WORKER_THREADS": "4",
+        "GRACEFUL_TIMEOUT": "20",
+        "CONNECT_TIMEOUT": "10",
+        "LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return values
+
+
+@pytest.fixture
+def broker(names):
+    b = Broker(names)
+    yield b
+    queues = list(names[k] for k in ("RABBITMQ_REQUEST_QUEUE", "RABBITMQ_RESPONSE_QUEUE", "RABBITMQ_DLQ"))
+    queues += [f"{names['RABBITMQ_REQUEST_QUEUE']}.retry.{d}s" for d in ("0.3", "0.6", "0.2", "0.4", "1", "5", "30", "300")]
+    try:
+        b.delete_queues(queues)
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def db(mongo, names):
+    """This test's database, holding the bundled sample knowledge base."""
+    client = mongo.client()
+    entries = json.loads((ROOT / "worker" / "data" / "knowledge_base.json").read_text())
+    client[names["MONGODB_DATABASE"]].knowledge_base.insert_many(entries)
+    yield client[names["MONGODB_DATABASE"]]
+    client.drop_database(names["MONGODB_DATABASE"])
+    client.close()
+
+
+@pytest.fixture
+def cache(names):
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    keys = list(client.scan_iter(names["REDIS_KEY_PREFIX"] + "*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+class WorkerProcess:
+    """A real `report-worker` process; its JSON log lines are kept in a file."""
+
+    def __init__(self, args: list[str], env: dict, log_path: Path):
+        self.log_path = log_path
+        self.log_file = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "worker.cli", *args], env=env, cwd=ROOT,
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def events(self, name: str | None = None) -> list[dict]:
+        lines = []
+        for raw in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(line, dict) and (name is None or line.get("event") == name):
+                lines.append(line)
+        return lines
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_event(self, name: str, timeout: float = 20, count: int = 1) -> list[dict]:
+        return wait_for(lambda: len(self.events(name)) >= count and self.events(name), timeout,
+                        message=f"no {name!r} event; log:\n{self.output()[-3000:]}")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log_file.close()
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(args, env) starts a real worker process; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(args: list[str], env: dict) -> WorkerProcess:
+        worker = WorkerProcess(args, env, tmp_path / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def consumer(spawn, env):
+    """start() runs `report-worker consume` with this test's env (plus overrides) and waits until it consumes."""
+
+    def start(**overrides) -> WorkerProcess:
+        worker = spawn(["consume"], {**env, **{k: str(v) for k, v in overrides.items()}})
+        worker.wait_event("consuming")
+        return worker
+
+    return start
