@@ -2,7 +2,6 @@
 
 import json
 import signal
-import uuid
 
 import pytest
 
@@ -211,5 +210,20 @@ def test_worker_reconnects_when_the_broker_drops_its_connection(consumer, broker
     assert worker.events("broker_connection_lost")
 
 
-def unique_id() -> str:
-    return str(uuid.uuid4())
+@pytest.mark.timeout(90)
+def test_quorum_queues_work_end_to_end_including_retries(consumer, broker, db, llm, names):
+    llm.configure(error_rate=1.0)
+    consumer(RABBITMQ_QUEUE_TYPE="quorum")
+    request = sample_request()
+    broker.publish(request)
+    wait_for(lambda: llm.stats()["calls"] >= 1, 20)
+    llm.configure(error_rate=0.0)
+    [response] = broker.responses(1, timeout=30)
+    assert response["status"] == "success"
+    assert db.medical_reports.count_documents({}) == 1
+    import subprocess
+    listing = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "type"], capture_output=True,
+                             text=True, check=True).stdout
+    types = dict(line.split("\t") for line in listing.splitlines() if line.startswith("t."))
+    assert types[names["RABBITMQ_REQUEST_QUEUE"]] == "quorum"
+    assert types[names["RABBITMQ_REQUEST_QUEUE"] + ".retry.0.3s"] == "quorum"

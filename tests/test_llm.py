@@ -246,7 +246,8 @@ def test_fake_control_and_reset_over_http():
         with pytest.raises(TransientError):
             make_writer(fake).generate(request, knowledge_for(request))
         post("/_reset", {})
-        assert json.load(urllib.request.urlopen(base + "/_stats", timeout=5)) == {"calls": 0, "by_request": {}, "status": {}}
+        stats = json.load(urllib.request.urlopen(base + "/_stats", timeout=5))
+        assert stats == {"calls": 0, "by_request": {}, "status": {}}
 
 
 def test_fake_cli_serves_until_sigterm():

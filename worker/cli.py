@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from pika.exceptions import AMQPConnectionError
+
 from worker import exitcodes, logs
 from worker.settings import Settings, SettingsError, load
 
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"report-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
+    except AMQPConnectionError as exc:
+        print(f"report-worker: cannot reach RabbitMQ: {type(exc).__name__} {exc}".rstrip(), file=sys.stderr)
+        return exitcodes.CONNECT
 
 
 if __name__ == "__main__":

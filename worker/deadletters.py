@@ -52,7 +52,7 @@ def replay(settings: Settings, limit: int) -> int:
                 break
             headers = {k: v for k, v in (properties.headers or {}).items() if k not in DEAD_LETTER_HEADERS}
             properties.headers = headers or None
-            properties.delivery_mode = pika.DeliveryMode.Persistent
+            properties.delivery_mode = pika.DeliveryMode.Persistent.value
             ch.basic_publish("", settings.request_queue, body, properties, mandatory=True)
             ch.basic_ack(method.delivery_tag)
             moved += 1

@@ -104,7 +104,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
-            self.reply(200, {"object": "list", "data": [{"id": "fake-llm", "object": "model", "created": 0, "owned_by": "fake"}]})
+            model = {"id": "fake-llm", "object": "model", "created": 0, "owned_by": "fake"}
+            self.reply(200, {"object": "list", "data": [model]})
         elif self.path == "/_stats":
             self.reply(200, self.server.stats())
         else:
@@ -141,6 +142,7 @@ class Handler(BaseHTTPRequestHandler):
         document = request_document(messages)
         faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
         if self.server.stopping.wait(delay):
+            self.close_connection = True
             return
         if rolls["rate_limit"]:
             self.reply(429, error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
@@ -150,6 +152,7 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(500, error_body("The server had an error while processing your request.", "server_error"))
             return
         if rolls["timeout"] and self.server.stopping.wait(faults.hang_seconds):
+            self.close_connection = True
             return
         malformed = rolls["malformed"] or call_number <= faults.malformed_first
         answer = MALFORMED_ANSWER if malformed else json.dumps(build_report(document))

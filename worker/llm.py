@@ -50,6 +50,8 @@ cardiovascular summary, the assessment and the plan items that belong to it.
 Base every health statement on the numbered knowledge entries you are given, and cite them inline \
 as [n] with the entry's number. Cite only those entries; never invent sources, numbers or links, \
 and do not include URLs.
+Do not write warning signs to act on or a disclaimer: the report adds the clinician's own red flags and \
+disclaimer word for word.
 Answer with ONE JSON object and nothing else, of this shape:
 {shape}
 List in "citations" every number you used, each with the "id" of that knowledge entry as "kb_id"."""

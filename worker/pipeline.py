@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -18,6 +19,8 @@ from worker.knowledge import KnowledgeCache
 from worker.llm import GeneratedReport, ReportWriter, categories_for
 from worker.schemas import ReportGenerationRequest, ReportGenerationResponse
 from worker.store import Store, now
+
+ID_SCAN_BYTES = 64 * 1024
 
 
 @contextlib.contextmanager
@@ -44,11 +47,21 @@ def identify(body: bytes) -> tuple[str, str]:
     return ids[0], ids[1]
 
 
+def scan_ids(head: bytes) -> tuple[str, str]:
+    """Ids of a message too large to parse, looked for in its first bytes only."""
+    found = []
+    for key in (b"request_id", b"user_id"):
+        match = re.search(rb'"' + key + rb'"\s*:\s*"([A-Za-z0-9._:@-]{1,128})"', head)
+        found.append(match.group(1).decode() if match else "")
+    return found[0], found[1]
+
+
 def validate(body: bytes, max_bytes: int, content_type: str | None = None) -> ReportGenerationRequest:
     if content_type and not _is_json(content_type):
         raise InvalidRequest(f"content type {content_type[:64]!r} is not JSON", *identify(body))
     if len(body) > max_bytes:
-        raise InvalidRequest(f"message is {len(body)} bytes, more than the limit of {max_bytes}")
+        raise InvalidRequest(f"message is {len(body)} bytes, more than the limit of {max_bytes}",
+                             *scan_ids(body[:ID_SCAN_BYTES]))
     try:
         text = body.decode("utf-8")
         return ReportGenerationRequest.model_validate_json(text)

@@ -122,7 +122,9 @@ def red_flag_text(flag: Mapping[str, Any] | str) -> str:
     return json.dumps(flag, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-def render_markdown(content: Mapping[str, Any], citations_resolved: Sequence[Mapping], request: ReportGenerationRequest) -> str:
+def render_markdown(
+    content: Mapping[str, Any], citations_resolved: Sequence[Mapping], request: ReportGenerationRequest
+) -> str:
     """The report as Markdown; red flags and disclaimer come verbatim from the request, sources from our KB."""
     lines = [f"# {content['title']}", "", content["summary"], ""]
     for section in content["sections"]:

@@ -47,6 +47,11 @@ def _priority(value, name):
         raise SettingsError(f"{name} must be between 0 (off) and 255, got {value}")
 
 
+def _port(value, name):
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{name} must be a TCP port (1-65535), or 0 to turn it off; got {value}")
+
+
 def _setting(env, default, check=None, **metadata):
     return field(default=default, metadata={"env": env, "check": check, **metadata})
 
@@ -83,6 +88,8 @@ class Settings:
     graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
     connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)
     log_level: str = _setting("LOG_LEVEL", "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
+    metrics_port: int = _setting("METRICS_PORT", 9810, _port)  # 0: no metrics/health endpoint
+    metrics_bind: str = _setting("METRICS_BIND", "127.0.0.1")
 
     @property
     def prefetch(self) -> int:

@@ -7,6 +7,7 @@ import uuid
 from typing import IO, Iterable
 
 import pika
+from pika.exceptions import UnroutableError
 
 from worker.broker import channel
 from worker.settings import Settings
@@ -67,7 +68,12 @@ def run(settings: Settings, source: str, wait: float | None, priority: int | Non
             requests = read_requests(handle)
     with channel(settings) as ch:
         reply_to = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue if wait else None
-        ids = publish(ch, settings.request_queue, requests, reply_to, priority)
+        try:
+            ids = publish(ch, settings.request_queue, requests, reply_to, priority)
+        except UnroutableError:
+            print(f"report-worker: queue {settings.request_queue!r} does not exist; "
+                  "start the worker once so it declares its queues", file=sys.stderr)
+            return 1
         print(json.dumps({"event": "submitted", "count": len(ids), "queue": settings.request_queue}), file=sys.stderr)
         if not wait:
             return 0

@@ -1,0 +1,171 @@
+"""The parent's own metrics: children, restarts, their RSS and CPU, queue depths, build info.
+
+Kept in memory and exposed by a custom collector, never in the multiprocess directory: the parent
+is one process, and its gauges would otherwise carry a pid label or outlive it.
+"""
+
+import threading
+import time
+from importlib import metadata
+
+import psutil
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from metrics.queues import QueuePoller
+from worker.settings import Settings
+
+PREFIX = "report_worker_"
+
+# Every name this module exposes (without the _total suffix Prometheus adds to counters).
+NAMES = (
+    "report_worker_children",
+    "report_worker_capacity_messages",
+    "report_worker_child_restarts",
+    "report_worker_child_rss_bytes",
+    "report_worker_child_cpu_seconds",
+    "report_worker_queue_messages",
+    "report_worker_queue_consumers",
+    "report_worker_queue_poll_age_seconds",
+    "report_worker_build_info",
+)
+
+
+def version() -> str:
+    try:
+        return metadata.version("report-worker")
+    except metadata.PackageNotFoundError:
+        from worker import __version__
+        return __version__
+
+
+class ParentMetrics:
+    """What the arbiter tells us about its children, plus the queue poller; a prometheus_client collector.
+
+    Thread-safe: the arbiter's loop calls the child_* methods, the HTTP thread calls collect().
+    """
+
+    def __init__(self, settings: Settings, directory=None, poll_interval: float = 5.0, poller=None):
+        self.settings = settings
+        self.directory = directory            # a MetricsDirectory: child_exited folds the child's files
+        self.poller = poller or QueuePoller(settings, poll_interval)
+        self.version = version()
+        self._lock = threading.Lock()
+        self._pids: dict[int, int] = {}         # worker index -> pid of the live child
+        self._procs: dict[int, psutil.Process] = {}
+        self._cpu_before: dict[int, float] = {}   # index -> CPU seconds of earlier children at that index
+        self._cpu_last: dict[int, float] = {}     # index -> last CPU seconds read from the live child
+        self._rss: dict[int, float] = {}
+        self._restarts: dict[str, int] = {}
+
+    # -- called by the arbiter ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start polling the queues (a daemon thread with its own RabbitMQ connection)."""
+        self.poller.start()
+
+    def stop(self) -> None:
+        self.poller.stop()
+
+    def reload(self, settings: Settings) -> None:
+        """After SIGHUP: new thread count, new queue names."""
+        self.settings = settings
+        self.poller.settings = settings
+
+    def child_started(self, index: int, pid: int) -> None:
+        with self._lock:
+            self._pids[index] = pid
+
+    def child_exited(self, index: int, pid: int, reason: str, restart: bool = True) -> None:
+        """A reaped child; call right after waitpid and before forking its replacement.
+
+        `reason` is a small fixed word (exitcodes.describe(code), "hung", "recycle", ...); `restart`
+        is False when the parent is stopping or shrinking, so the exit is not counted as a restart.
+        """
+        if self.directory is not None:
+            self.directory.mark_dead(pid)
+        with self._lock:
+            if self._pids.get(index) == pid:
+                del self._pids[index]
+            self._procs.pop(index, None)
+            self._rss.pop(index, None)
+            self._cpu_before[index] = self._cpu_before.get(index, 0.0) + self._cpu_last.pop(index, 0.0)
+            if restart:
+                self._restarts[reason] = self._restarts.get(reason, 0) + 1
+
+    def sample_children(self, children: dict[int, int] | None = None) -> None:
+        """Read RSS and CPU of the live children; `children` ({index: pid}) replaces what we know."""
+        with self._lock:
+            if children is not None:
+                for index in set(self._pids) - set(children):
+                    self._procs.pop(index, None)
+                    self._rss.pop(index, None)
+                self._pids = dict(children)
+            pids = dict(self._pids)
+        for index, pid in pids.items():
+            self._sample(index, pid)
+
+    def _sample(self, index: int, pid: int) -> None:
+        proc = self._procs.get(index)
+        try:
+            if proc is None or proc.pid != pid:
+                proc = psutil.Process(pid)
+            with proc.oneshot():
+                rss = proc.memory_info().rss
+                times = proc.cpu_times()
+        except psutil.Error:
+            return
+        with self._lock:
+            if self._pids.get(index) != pid:
+                return
+            self._procs[index] = proc
+            self._rss[index] = float(rss)
+            self._cpu_last[index] = times.user + times.system
+
+    # -- called by the registry on each scrape -----------------------------------------------
+
+    def collect(self):
+        self.sample_children()
+        with self._lock:
+            alive = len(self._pids)
+            rss = dict(self._rss)
+            cpu = {i: self._cpu_before.get(i, 0.0) + self._cpu_last.get(i, 0.0)
+                   for i in set(self._cpu_before) | set(self._cpu_last)}
+            restarts = dict(self._restarts)
+        yield GaugeMetricFamily(PREFIX + "children", "Live child processes.", value=alive)
+        yield GaugeMetricFamily(PREFIX + "capacity_messages",
+                                "Messages the live children can process at once (children x WORKER_THREADS).",
+                                value=alive * self.settings.worker_threads)
+        family = CounterMetricFamily(PREFIX + "child_restarts", "Children replaced, by why they left.",
+                                     labels=["reason"])
+        for reason, count in sorted(restarts.items()):
+            family.add_metric([reason], count)
+        yield family
+        family = GaugeMetricFamily(PREFIX + "child_rss_bytes", "Resident memory of each child.", labels=["worker"])
+        for index, value in sorted(rss.items()):
+            family.add_metric([str(index)], value)
+        yield family
+        family = CounterMetricFamily(PREFIX + "child_cpu_seconds",
+                                     "CPU seconds (user + system) of the children at each worker index.",
+                                     labels=["worker"])
+        for index, value in sorted(cpu.items()):
+            family.add_metric([str(index)], value)
+        yield family
+        yield from self._queue_families()
+        family = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the version is the label.", labels=["version"])
+        family.add_metric([self.version], 1)
+        yield family
+
+    def _queue_families(self):
+        snapshot = self.poller.snapshot()
+        messages = GaugeMetricFamily(PREFIX + "queue_messages", "Ready messages in each queue (passive declare).",
+                                     labels=["queue"])
+        consumers = GaugeMetricFamily(PREFIX + "queue_consumers", "Consumers of each queue (passive declare).",
+                                      labels=["queue"])
+        for role, (count, consumer_count) in sorted(snapshot.items()):
+            messages.add_metric([role], count)
+            consumers.add_metric([role], consumer_count)
+        yield messages
+        yield consumers
+        if self.poller.polled_at:
+            yield GaugeMetricFamily(PREFIX + "queue_poll_age_seconds", "Seconds since the last successful queue poll.",
+                                    value=time.monotonic() - self.poller.polled_at)

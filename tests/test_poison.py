@@ -1,0 +1,66 @@
+"""Bad input is answered `failed` when it can be, dead-lettered once, and never stops the worker."""
+
+import json
+
+import pytest
+
+from tests.conftest import sample_request
+from tests.services import wait_for
+
+
+def poison_messages() -> list[tuple[str, bytes, dict, str]]:
+    """(name, body, properties, request_id readable from it or '')."""
+    good = sample_request(request_id="poison-wrong-type")
+    wrong_type = dict(good, labs="not a list")
+    missing_id = {k: v for k, v in sample_request().items() if k != "request_id"}
+    deep = "[" * 5000 + "]" * 5000
+    huge = dict(sample_request(request_id="poison-huge"), patient={"notes": "x" * 300_000})
+    return [
+        ("not json", b"{this is not json", {}, ""),
+        ("wrong types", json.dumps(wrong_type).encode(), {}, "poison-wrong-type"),
+        ("missing request_id", json.dumps(missing_id).encode(), {}, ""),
+        ("not utf-8", b'{"request_id": "\xff\xfe"}', {}, ""),
+        ("deep nesting", deep.encode(), {}, ""),
+        ("too large", json.dumps(huge).encode(), {}, "poison-huge"),
+        ("json array", b"[1, 2, 3]", {}, ""),
+        ("wrong content type", json.dumps(sample_request(request_id="poison-xml")).encode(),
+         {"content_type": "application/xml"}, "poison-xml"),
+        ("integer ids", json.dumps(dict(sample_request(), request_id=12345)).encode(), {}, ""),
+        ("empty body", b"", {}, ""),
+    ]
+
+
+@pytest.mark.timeout(120)
+def test_poison_messages_are_dead_lettered_once_and_the_worker_lives(consumer, broker, db, llm, names):
+    worker = consumer(MAX_MESSAGE_BYTES=str(256 * 1024))
+    poison = poison_messages()
+    for _, body, properties, _ in poison:
+        broker.publish(body, **properties)
+    valid = sample_request()
+    broker.publish(valid)
+
+    expected_failed = {rid for *_, rid in poison if rid}
+    responses = broker.responses(len(expected_failed) + 1)
+    by_status = {}
+    for response in responses:
+        by_status.setdefault(response["status"], set()).add(response["request_id"])
+    assert by_status["success"] == {valid["request_id"]}
+    assert by_status["failed"] == expected_failed
+    assert all(r["error_message"] for r in responses if r["status"] == "failed")
+
+    dead: list = []
+
+    def all_dead_lettered():
+        dead.extend(broker.take(names["RABBITMQ_DLQ"]))
+        return len(dead) >= len(poison)
+
+    wait_for(all_dead_lettered, 20, message="not every poison message reached the DLQ")
+    assert len(dead) == len(poison)
+    assert sorted(body for _, body in dead) == sorted(body for _, body, _, _ in poison)
+    for properties, _ in dead:
+        assert properties.headers["x-death-reason"] == "invalid"
+        assert properties.headers["x-error"]
+    assert llm.stats()["calls"] == 1
+    assert db.medical_reports.count_documents({}) == 1
+    assert broker.depth(names["RABBITMQ_REQUEST_QUEUE"]) == 0
+    assert worker.proc.poll() is None
