@@ -26,6 +26,7 @@ from collections import defaultdict
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEAD = "dead"                     # the pid part of the accumulated files' names
 MERGED_TYPES = ("counter", "histogram", "summary")
+HEADER_BYTES = 8                  # mmap file header: used bytes (int32) and padding
 
 
 class ImportOrderError(RuntimeError):
@@ -55,7 +56,7 @@ class MetricsDirectory:
         from prometheus_client.multiprocess import MultiProcessCollector
 
         with self._lock:
-            return list(MultiProcessCollector.merge(self.files(), accumulate=True))
+            return list(MultiProcessCollector.merge([f for f in self.files() if _started(f)], accumulate=True))
 
     def mark_dead(self, pid: int) -> None:
         """Fold a reaped child's files into the accumulated ones. Call after waitpid, before the next fork."""
@@ -73,7 +74,7 @@ class MetricsDirectory:
         merged = os.path.join(self.path, f"{typ}_{DEAD}.db")
         totals: dict[str, float] = defaultdict(float)
         for path in (merged, own):
-            if os.path.exists(path):
+            if _started(path):
                 for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(path):
                     totals[key] += value
         partial = merged + ".tmp"
@@ -94,6 +95,19 @@ class MetricsDirectory:
             shutil.rmtree(self.path, ignore_errors=True)
         elif os.path.isdir(self.path):
             self.wipe()
+
+
+def _started(path: str) -> bool:
+    """False for a file a process created but had not sized yet (it may have died there: kill -9).
+
+    prometheus_client creates the file, then truncates it to its first size; reading it in between
+    raises struct.error and fails the whole scrape (client_python issue #1199). Such a file holds
+    nothing yet. Files only grow, so a size seen once stays valid.
+    """
+    try:
+        return os.path.getsize(path) >= HEADER_BYTES
+    except FileNotFoundError:
+        return False
 
 
 def prepare_directory(path: str | None = None) -> MetricsDirectory:

@@ -25,6 +25,11 @@ def test_submit_waits_for_and_prints_each_response(consumer, env, db, tmp_path):
     responses = [json.loads(line) for line in result.stdout.splitlines()]
     assert {r["request_id"] for r in responses} == {r["request_id"] for r in requests}
     assert all(r["status"] == "success" for r in responses)
+    shown = cli(env, "show", responses[0]["report_id"])
+    assert shown.returncode == 0 and requests[0]["disclaimer"] in shown.stdout
+    by_request = json.loads(cli(env, "show", requests[1]["request_id"], "--request", "--json").stdout)
+    assert by_request["request_id"] == requests[1]["request_id"]
+    assert cli(env, "show", "no-such-report").returncode == 1
 
 
 @pytest.mark.timeout(90)

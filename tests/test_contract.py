@@ -10,7 +10,7 @@ from tests.conftest import ROOT, sample_request
 from worker.errors import InvalidRequest
 from worker.pipeline import identify, scan_ids, validate
 from worker.schemas import ReportGenerationRequest, ReportGenerationResponse
-from worker.settings import SettingsError, load, redact_url
+from worker.settings import SettingsError, load, parse_prices, redact_url
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -95,10 +95,15 @@ def test_settings_defaults_and_derived_values():
     ({"RABBITMQ_URL": "http://x"}, "RABBITMQ_URL"),
     ({"MONGODB_URL": "postgres://x"}, "MONGODB_URL"),
     ({"OPENAI_BASE_URL": ""}, "OPENAI_API_KEY"),
+    ({"LLM_PRICES": "gpt-4o=cheap"}, "LLM_PRICES"),
 ])
 def test_bad_settings_are_named(environ, named):
     with pytest.raises(SettingsError, match=named):
         load({"OPENAI_API_KEY": "k", **environ} if named != "OPENAI_API_KEY" else environ)
+
+
+def test_price_table_is_configurable():
+    assert parse_prices("gpt-4o=2.5:10, local=0:0") == {"gpt-4o": (2.5, 10.0), "local": (0.0, 0.0)}
 
 
 def test_unknown_key_in_the_config_file_is_refused(tmp_path):

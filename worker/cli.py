@@ -32,7 +32,7 @@ def cmd_consume(args) -> int:
 def cmd_submit(args) -> int:
     from worker import submit
 
-    return submit.run(_settings(args), args.file, args.wait, args.priority)
+    return submit.run(_settings(args), args.file, args.wait, args.priority, args.new_ids)
 
 
 def cmd_health(args) -> int:
@@ -75,6 +75,23 @@ def cmd_kb(args) -> int:
     return 0
 
 
+def cmd_show(args) -> int:
+    from worker.store import Store
+
+    settings = _settings(args)
+    store = Store(settings.mongodb_url, settings.mongodb_database, settings.mongodb_timeout_seconds)
+    try:
+        key = "request_id" if args.request else "report_id"
+        report = store.reports.find_one({key: args.id}, {"_id": 0})
+    finally:
+        store.close()
+    if report is None:
+        print(f"report-worker: no report with {key} {args.id}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, default=str, indent=2) if args.json else report["markdown_content"])
+    return 0
+
+
 def cmd_fake_llm(args) -> int:
     from worker import fakellm
 
@@ -98,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="JSON object, array or JSON lines; - for stdin")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait for the responses and print them")
     p.add_argument("--priority", type=int, help="AMQP priority of the messages")
+    p.add_argument("--new-ids", action="store_true", help="give every request a fresh request_id")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("health", parents=[common], help="ping RabbitMQ, Redis, MongoDB and the LLM")
@@ -113,6 +131,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="sample", help="JSON or JSON lines file ('sample': the bundled one)")
     p.add_argument("--category")
     p.set_defaults(func=cmd_kb)
+
+    p = sub.add_parser("show", parents=[common], help="print a stored report (markdown, or --json)")
+    p.add_argument("id", help="report_id (or request_id with --request)")
+    p.add_argument("--request", action="store_true", help="look the report up by request_id")
+    p.add_argument("--json", action="store_true", help="the whole stored document as JSON")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("fake-llm", help="serve an OpenAI-compatible fake LLM for tests and demos")
     fakellm.add_arguments(p)

@@ -9,11 +9,11 @@ from worker.cache import Cache
 from worker.consumer import Consumer
 from worker.errors import TransientError
 from worker.knowledge import KnowledgeCache
-from worker.llm import ReportWriter
+from worker.llm import DEFAULT_PRICES, ReportWriter
 from worker.logs import EventLog
 from worker.outcomes import handle
 from worker.pipeline import Pipeline
-from worker.settings import Settings
+from worker.settings import Settings, parse_prices
 from worker.store import Store
 
 log = EventLog(__name__)
@@ -28,6 +28,7 @@ def build_pipeline(settings: Settings, store: Store) -> Pipeline:
         model=settings.openai_model,
         timeout=settings.llm_timeout_seconds,
         max_retries=settings.llm_max_retries,
+        prices={**DEFAULT_PRICES, **parse_prices(settings.llm_prices)},
     )
     knowledge = KnowledgeCache(store.active_knowledge, settings.knowledge_cache_seconds)
     claim_seconds = settings.llm_timeout_seconds * (settings.llm_max_retries + 1) * 2 + 60

@@ -52,6 +52,23 @@ def _port(value, name):
         raise SettingsError(f"{name} must be a TCP port (1-65535), or 0 to turn it off; got {value}")
 
 
+def parse_prices(text: str) -> dict[str, tuple[float, float]]:
+    """`gpt-4o=2.5:10,my-model=0:0` -> {model: (input, output)} in USD per million tokens."""
+    prices = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        model, _, pair = item.partition("=")
+        price_in, _, price_out = pair.partition(":")
+        prices[model.strip()] = (float(price_in), float(price_out))
+    return prices
+
+
+def _prices(value, name):
+    try:
+        parse_prices(value)
+    except ValueError:
+        raise SettingsError(f"{name} must look like 'gpt-4o=2.5:10,other-model=0.15:0.6'") from None
+
+
 def _setting(env, default, check=None, **metadata):
     return field(default=default, metadata={"env": env, "check": check, **metadata})
 
@@ -79,6 +96,7 @@ class Settings:
     openai_model: str = _setting("OPENAI_MODEL", "gpt-4o")
     llm_timeout_seconds: float = _setting("LLM_TIMEOUT_SECONDS", 120.0, _positive)
     llm_max_retries: int = _setting("LLM_MAX_RETRIES", 1, _non_negative)
+    llm_prices: str = _setting("LLM_PRICES", "", _prices)  # "model=in:out,..." USD per 1M tokens
     knowledge_cache_seconds: float = _setting("KNOWLEDGE_CACHE_SECONDS", 60.0, _non_negative)
     worker_threads: int = _setting("WORKER_THREADS", 8, _positive)
     worker_name: str = _setting("WORKER_NAME", "")
@@ -87,6 +105,15 @@ class Settings:
     max_message_bytes: int = _setting("MAX_MESSAGE_BYTES", 1024 * 1024, _positive)
     graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
     connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)
+    # the supervisor (`report-worker run`)
+    worker_processes: int = _setting("WORKER_PROCESSES", os.cpu_count() or 1, _positive)
+    worker_timeout: float = _setting("WORKER_TIMEOUT", 30.0, _positive)  # a child silent this long is killed
+    max_tasks_per_child: int = _setting("MAX_TASKS_PER_CHILD", 0, _non_negative)  # 0: never recycle for tasks
+    max_tasks_jitter: int = _setting("MAX_TASKS_JITTER", 0, _non_negative)
+    max_memory_per_child: int = _setting("MAX_MEMORY_PER_CHILD", 0, _non_negative)  # MB of RSS; 0: off
+    restart_limit: int = _setting("RESTART_LIMIT", 10, _positive)
+    restart_window: float = _setting("RESTART_WINDOW", 60.0, _positive)
+    rabbitmq_consumer_timeout: float = _setting("RABBITMQ_CONSUMER_TIMEOUT", 1800.0, _non_negative)  # 0: off
     log_level: str = _setting("LOG_LEVEL", "INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"))
     metrics_port: int = _setting("METRICS_PORT", 9810, _port)  # 0: no metrics/health endpoint
     metrics_bind: str = _setting("METRICS_BIND", "127.0.0.1")
@@ -206,3 +233,5 @@ def validate(settings: Settings) -> None:
         _scheme("http", "https")(settings.openai_base_url, "OPENAI_BASE_URL")
     if len(set(settings.retry_delays)) != len(settings.retry_delays):
         raise SettingsError("RETRY_DELAYS must not repeat a delay")
+    if settings.worker_timeout < 1:
+        raise SettingsError("WORKER_TIMEOUT must be at least 1 second (a child's loop beats every 0.5 s)")

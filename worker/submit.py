@@ -60,12 +60,15 @@ def wait_for_responses(ch, queue: str, expected: set[str], timeout: float, out: 
     return len(expected & answered), failed
 
 
-def run(settings: Settings, source: str, wait: float | None, priority: int | None = None) -> int:
+def run(settings: Settings, source: str, wait: float | None, priority: int | None = None,
+        new_ids: bool = False) -> int:
     if source == "-":
         requests = read_requests(sys.stdin)
     else:
         with open(source, encoding="utf-8") as handle:
             requests = read_requests(handle)
+    if new_ids:
+        requests = [{**request, "request_id": str(uuid.uuid4())} for request in requests]
     with channel(settings) as ch:
         reply_to = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue if wait else None
         try:
