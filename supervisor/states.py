@@ -43,11 +43,12 @@ class Child:
     retry_at: float = 0.0           # BACKOFF: when the slot tries again
     stop_deadline: float = 0.0      # STOPPING: when patience ends and SIGKILL follows
     reason: str = ""                # why it is leaving, once known ("hung", "reload", "recycle", ...)
-    recycle: str = ""               # the child asked to be replaced: "tasks" or "memory"
+    exit_code: int | None = None    # once reaped: its exit code (negative: killed by that signal)
+    wants_recycle: bool = False     # its heartbeat asks for a successor (max tasks or max memory reached)
+    killed: bool = False            # SIGKILL sent
     beat_at: float = 0.0            # last heartbeat, time.monotonic() of the child
     settled: int = 0
     inflight: int = 0
-    successor: "Child | None" = None
 
     @property
     def alive(self) -> bool:

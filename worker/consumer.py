@@ -205,6 +205,8 @@ class Consumer:
         until = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < until:
             time.sleep(min(0.1, until - time.monotonic()))
+            if self.on_tick:  # still alive while waiting to reconnect (the supervisor's heartbeat)
+                self.on_tick(self)
 
     # ---- worker threads ---------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from typing import Callable
 import pika
 
 ATTEMPT_HEADER = "x-attempt"
+SIGNATURE_HEADER = "x-signature"
 KEPT_PROPERTIES = (
     "content_type", "content_encoding", "priority", "correlation_id", "reply_to",
     "message_id", "timestamp", "type", "app_id",
@@ -49,6 +50,12 @@ class Delivery:
             return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
         except (TypeError, ValueError):
             return 1
+
+    def header(self, name: str) -> str | None:
+        value = (self.properties.headers or {}).get(name)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        return value if isinstance(value, str) else None
 
     def settle(self, settlement: Settlement) -> None:
         self.settle_on_io_thread(self, settlement)

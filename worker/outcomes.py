@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 import pika
 
-from worker.delivery import ATTEMPT_HEADER, Delivery, Publish, Settlement
+from worker.delivery import ATTEMPT_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
 from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError
 from worker.logs import EventLog
 from worker.pipeline import Pipeline, identify
@@ -21,7 +21,8 @@ def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> None:
     started = time.perf_counter()
     attempt = delivery.attempt
     try:
-        response = pipeline.process(delivery.body, delivery.properties.content_type, delivery.redelivered)
+        response = pipeline.process(delivery.body, content_type=delivery.properties.content_type,
+                                    signature=delivery.header(SIGNATURE_HEADER), redelivered=delivery.redelivered)
     except InProgress as exc:
         settlement = retry(delivery, settings, attempt, exc, shortest=True)
     except InvalidRequest as exc:

@@ -1,6 +1,8 @@
 """The report pipeline, stage by stage as in the seed's flow; each stage is timed."""
 
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -54,6 +56,18 @@ def scan_ids(head: bytes) -> tuple[str, str]:
         match = re.search(rb'"' + key + rb'"\s*:\s*"([A-Za-z0-9._:@-]{1,128})"', head)
         found.append(match.group(1).decode() if match else "")
     return found[0], found[1]
+
+
+def check_signature(body: bytes, signature: str | None, key: str) -> None:
+    """With a signing key set, the `x-signature` header must be the hex HMAC-SHA256 of the body."""
+    if not key:
+        return
+    if not signature:
+        raise InvalidRequest("request is not signed (x-signature header missing)", *identify(body))
+    expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+    given = signature.removeprefix("sha256=").strip().lower()
+    if not hmac.compare_digest(expected, given):
+        raise InvalidRequest("request signature does not match", *identify(body))
 
 
 def validate(body: bytes, max_bytes: int, content_type: str | None = None) -> ReportGenerationRequest:
@@ -149,10 +163,12 @@ class Pipeline:
     writer: ReportWriter
     max_message_bytes: int
     claim_seconds: float
+    signing_key: str = ""
 
-    def process(self, body: bytes, content_type: str | None = None, redelivered: bool = False
-                ) -> ReportGenerationResponse:
+    def process(self, body: bytes, *, content_type: str | None = None, signature: str | None = None,
+                redelivered: bool = False) -> ReportGenerationResponse:
         """Body in, success response out; raises TransientError, InProgress or PermanentError."""
+        check_signature(body, signature, self.signing_key)
         request = validate(body, self.max_message_bytes, content_type)
         with timed("store"):
             existing = self.store.find_report(request.request_id)

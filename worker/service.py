@@ -32,7 +32,8 @@ def build_pipeline(settings: Settings, store: Store) -> Pipeline:
     )
     knowledge = KnowledgeCache(store.active_knowledge, settings.knowledge_cache_seconds)
     claim_seconds = settings.llm_timeout_seconds * (settings.llm_max_retries + 1) * 2 + 60
-    return Pipeline(store, cache, knowledge, writer, settings.max_message_bytes, claim_seconds)
+    return Pipeline(store, cache, knowledge, writer, settings.max_message_bytes, claim_seconds,
+                    settings.request_signing_key)
 
 
 def prepare_store(settings: Settings) -> Store | None:
@@ -63,6 +64,7 @@ def run(settings: Settings, on_tick: Callable[[Consumer], None] | None = None) -
         signal.signal(signum, lambda *_: consumer.stop())
     log.info("worker_started", threads=settings.worker_threads, prefetch=settings.prefetch,
              queue=settings.request_queue, model=settings.openai_model)
+    log.debug("settings", **settings.redacted())
     code = consumer.run()
     log.info("worker_stopped", code=code, reason=exitcodes.describe(code), settled=consumer.settled)
     return code

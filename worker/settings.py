@@ -103,6 +103,7 @@ class Settings:
     max_retries: int = _setting("MAX_RETRIES", 3, _non_negative)
     retry_delays: tuple[float, ...] = _setting("RETRY_DELAYS", (5.0, 30.0, 300.0), _delays)
     max_message_bytes: int = _setting("MAX_MESSAGE_BYTES", 1024 * 1024, _positive)
+    request_signing_key: str = _setting("REQUEST_SIGNING_KEY", "", secret=True)  # set: requests must be signed
     graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
     connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)
     # the supervisor (`report-worker run`)

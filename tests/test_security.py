@@ -1,0 +1,61 @@
+"""Signed requests, and no patient data or secret in any log line."""
+
+import hashlib
+import hmac
+import json
+
+import pytest
+
+from tests.conftest import sample_request
+from tests.services import wait_for
+
+KEY = "test-signing-key"
+
+
+def sign(body: bytes, key: str = KEY) -> str:
+    return "sha256=" + hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.timeout(90)
+def test_with_a_signing_key_only_correctly_signed_requests_are_processed(consumer, broker, db, names):
+    consumer(REQUEST_SIGNING_KEY=KEY)
+    unsigned, forged, signed = (sample_request(request_id=f"sig-{n}") for n in ("unsigned", "forged", "signed"))
+    broker.publish(unsigned)
+    forged_body = json.dumps(forged).encode()
+    broker.publish(forged_body, headers={"x-signature": sign(forged_body, "wrong-key")})
+    signed_body = json.dumps(signed).encode()
+    broker.publish(signed_body, headers={"x-signature": sign(signed_body)})
+
+    status = {r["request_id"]: r for r in broker.responses(3)}
+    assert status["sig-signed"]["status"] == "success"
+    assert status["sig-unsigned"]["status"] == "failed" and "not signed" in status["sig-unsigned"]["error_message"]
+    assert status["sig-forged"]["status"] == "failed" and "signature" in status["sig-forged"]["error_message"]
+    dead = wait_for(lambda: (lambda got: got if len(got) == 2 else None)(broker.take(names["RABBITMQ_DLQ"])), 20)
+    assert {json.loads(body)["request_id"] for _, body in dead} == {"sig-unsigned", "sig-forged"}
+    assert db.medical_reports.count_documents({}) == 1
+
+
+PHI = ["Zyxwvut Qwertyson", "1931-02-29", "MRN-77553311", "987.654", "Phimarker Street 42"]
+
+
+@pytest.mark.timeout(120)
+def test_no_patient_value_or_secret_appears_in_logs(consumer, broker, db, llm, env):
+    worker = consumer(LOG_LEVEL="DEBUG", OPENAI_API_KEY="sk-very-secret-value",
+                      REDIS_URL="redis://:redis-secret-pw@127.0.0.1:1/0")
+    request = sample_request(patient={"name": PHI[0], "birth_date": PHI[1], "mrn": PHI[2],
+                                      "address": PHI[4], "age": 50, "sex": "female"},
+                             labs=[{"name": "LDL", "value": float(PHI[3]), "unit": "mg/dL"}])
+    broker.publish(request)
+    bad = dict(request, request_id="phi-bad", labs="not a list")
+    broker.publish(bad)
+    llm.configure(error_rate=1.0)
+    broker.publish(dict(request, request_id="phi-retry"))
+    wait_for(lambda: worker.events("retry_scheduled"), 20)
+    llm.configure(error_rate=0.0)
+    broker.responses(3, timeout=30)
+    output = worker.output()
+    assert worker.events("settings"), "the debug settings line was expected"
+    for value in PHI + ["sk-very-secret-value", "redis-secret-pw"]:
+        assert value not in output, f"{value!r} leaked into the logs"
+    assert "guest:guest@" in env["RABBITMQ_URL"] and "guest:***@" in output
+    assert "guest:guest@" not in output
