@@ -16,6 +16,10 @@ def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
         "worker_threads": getattr(args, "threads", None),
         "prefetch_count": getattr(args, "prefetch", None),
+        "worker_processes": getattr(args, "processes", None),
+        "worker_timeout": getattr(args, "timeout", None),
+        "max_tasks_per_child": getattr(args, "max_tasks_per_child", None),
+        "max_memory_per_child": getattr(args, "max_memory_per_child", None),
     }
     return load(config_file=args.config, overrides=overrides)
 
@@ -27,6 +31,12 @@ def cmd_consume(args) -> int:
     logs.configure(settings.log_level, worker=settings.name)
     code = service.run(settings)
     _exit_now(code)
+
+
+def cmd_run(args) -> int:
+    from supervisor import arbiter
+
+    return arbiter.serve(lambda: _settings(args))  # HUP calls it again: same --config file, same flags
 
 
 def cmd_submit(args) -> int:
@@ -110,6 +120,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="worker threads (WORKER_THREADS)")
     p.add_argument("--prefetch", type=int, help="prefetch count (RABBITMQ_PREFETCH_COUNT)")
     p.set_defaults(func=cmd_consume)
+
+    p = sub.add_parser("run", parents=[common], help="run the supervisor: N consumer processes, kept alive")
+    p.add_argument("--processes", type=int, help="child processes (WORKER_PROCESSES, default: CPU count)")
+    p.add_argument("--threads", type=int, help="worker threads per child (WORKER_THREADS)")
+    p.add_argument("--prefetch", type=int, help="prefetch count per child (RABBITMQ_PREFETCH_COUNT)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="kill and replace a child whose I/O loop is silent this long (WORKER_TIMEOUT)")
+    p.add_argument("--max-tasks-per-child", type=int, metavar="N", help="recycle a child after N messages "
+                   "(MAX_TASKS_PER_CHILD, plus up to MAX_TASKS_JITTER)")
+    p.add_argument("--max-memory-per-child", type=int, metavar="MB",
+                   help="recycle a child whose RSS exceeds MB megabytes (MAX_MEMORY_PER_CHILD)")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", parents=[common], help="publish requests like the backend does")
     p.add_argument("file", help="JSON object, array or JSON lines; - for stdin")
