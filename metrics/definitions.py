@@ -29,3 +29,6 @@ INFLIGHT = Gauge(
     "report_worker_inflight_messages", "Messages being processed now.", multiprocess_mode="livesum"
 )
 BROKER_RECONNECTS = Counter("report_worker_broker_reconnects", "Reconnections to RabbitMQ.")
+REDELIVERIES = Counter(
+    "report_worker_redeliveries", "Deliveries the broker marked as redelivered (an earlier consumer did not ack)."
+)

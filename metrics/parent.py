@@ -5,7 +5,6 @@ is one process, and its gauges would otherwise carry a pid label or outlive it.
 """
 
 import threading
-import time
 from importlib import metadata
 
 import psutil
@@ -166,6 +165,8 @@ class ParentMetrics:
             consumers.add_metric([role], consumer_count)
         yield messages
         yield consumers
-        if self.poller.polled_at:
-            yield GaugeMetricFamily(PREFIX + "queue_poll_age_seconds", "Seconds since the last successful queue poll.",
-                                    value=time.monotonic() - self.poller.polled_at)
+        age = self.poller.age()
+        if age is not None:
+            yield GaugeMetricFamily(PREFIX + "queue_poll_age_seconds",
+                                    "Seconds since the last successful queue poll (or since the poller started).",
+                                    value=age)

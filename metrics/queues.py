@@ -48,10 +48,12 @@ class QueuePoller:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._snapshot: dict[str, tuple[int, int]] = {}
+        self.started_at = 0.0     # monotonic time of start()
         self.polled_at = 0.0      # monotonic time of the last successful poll
 
     def start(self) -> None:
         if self._thread is None:
+            self.started_at = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="metrics-queue-poller", daemon=True)
             self._thread.start()
 
@@ -60,6 +62,12 @@ class QueuePoller:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def age(self) -> float | None:
+        """Seconds since the last successful poll (or since start, before the first); None if not started."""
+        if not self.started_at:
+            return None
+        return time.monotonic() - (self.polled_at or self.started_at)
 
     def snapshot(self) -> dict[str, tuple[int, int]]:
         with self._lock:

@@ -31,7 +31,10 @@ def main(index: int, settings: Settings, beat_path: str, parent_pid: int, hang_a
         settings = dataclasses.replace(settings, worker_name=f"{settings.name}/{index}")
         logs.configure(settings.log_level, worker=settings.name, index=index)
         die_with_parent(parent_pid)
-        code = service.run(settings, Pulse(settings, heartbeat.Writer(beat_path), parent_pid, hang_after))
+        pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid, hang_after)
+        code = service.run(settings, pulse)
+        if pulse.recycle and code == exitcodes.OK:
+            code = exitcodes.RECYCLE  # the parent's SIGTERM arrived after our last tick
     except BaseException:
         log.error("child_crashed", exc_info=True)
     finally:

@@ -121,6 +121,10 @@ class MongoServer:
         return self._log_path
 
     @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

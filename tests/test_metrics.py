@@ -366,7 +366,7 @@ def known_series(settings) -> set[str]:
                   "histogram": {base + "_bucket", base + "_sum", base + "_count"}}[metric._type]
     parent = ParentMetrics(settings, poller=QueuePoller(settings))
     parent.poller.snapshot = lambda: {"request": (0, 0)}
-    parent.poller.polled_at = time.monotonic()
+    parent.poller.age = lambda: 1.0
     for family in parent.collect():
         names.add(family.name + ("_total" if family.type == "counter" else ""))
     assert {n.removesuffix("_total") for n in names} >= set(PARENT_NAMES)

@@ -6,6 +6,7 @@ from typing import Iterator
 import pika
 
 from worker.settings import Settings
+from worker.tls import ssl_options
 
 
 @contextlib.contextmanager
@@ -13,6 +14,7 @@ def channel(settings: Settings, confirm: bool = True) -> Iterator[pika.adapters.
     params = pika.URLParameters(settings.rabbitmq_url)
     params.connection_attempts = 1
     params.socket_timeout = 5
+    params.ssl_options = ssl_options(settings)
     connection = pika.BlockingConnection(params)
     try:
         ch = connection.channel()

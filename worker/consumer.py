@@ -9,11 +9,14 @@ from typing import Callable
 import pika
 from pika.exceptions import AMQPChannelError, AMQPError, NackError, UnroutableError
 
-from metrics.definitions import BROKER_RECONNECTS, INFLIGHT, MESSAGES, PROCESSING_SECONDS, STAGE_SECONDS
+from metrics.definitions import (
+    BROKER_RECONNECTS, INFLIGHT, MESSAGES, PROCESSING_SECONDS, REDELIVERIES, STAGE_SECONDS,
+)
 from worker import exitcodes
 from worker.delivery import Delivery, Settlement
 from worker.logs import EventLog
 from worker.settings import Settings
+from worker.tls import ssl_options
 from worker.topology import QueueMismatch, declare
 
 log = EventLog(__name__)
@@ -34,6 +37,7 @@ def connection_parameters(settings: Settings) -> pika.URLParameters:
     params.socket_timeout = 5
     params.blocked_connection_timeout = 300
     params.client_properties = {"connection_name": settings.name}
+    params.ssl_options = ssl_options(settings)
     return params
 
 
@@ -146,6 +150,8 @@ class Consumer:
         delivery = Delivery(body, properties, method.delivery_tag, method.redelivered, channel, self._settle_threadsafe)
         self.pending[delivery.tag] = delivery
         INFLIGHT.set(len(self.pending))
+        if method.redelivered:
+            REDELIVERIES.inc()
         self.executor.submit(self._work, delivery)
 
     def _settle(self, delivery: Delivery, settlement: Settlement) -> None:

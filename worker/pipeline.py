@@ -6,6 +6,7 @@ import hmac
 import json
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -140,6 +141,7 @@ def store_report(store: Store, request: ReportGenerationRequest, generated: Gene
         "tokens_used": generated.prompt_tokens + generated.completion_tokens,
         "estimated_cost": generated.cost_usd,
         "model": generated.model,
+        "processed_by": f"{socket.gethostname()}:{os.getpid()}",
     }
     report["report_id"] = store.insert_report(report)
     return report

@@ -1,4 +1,4 @@
-"""One settings object: defaults, then a TOML file, then the environment, then CLI flags; validated once."""
+"""One settings object from defaults, a TOML file (no secrets), credentials, environment, CLI flags; validated once."""
 
 import dataclasses
 import os
@@ -69,6 +69,11 @@ def _prices(value, name):
         raise SettingsError(f"{name} must look like 'gpt-4o=2.5:10,other-model=0.15:0.6'") from None
 
 
+def _file(value, name):
+    if value and not os.access(value, os.R_OK):
+        raise SettingsError(f"{name}: cannot read {value}")
+
+
 def _setting(env, default, check=None, **metadata):
     return field(default=default, metadata={"env": env, "check": check, **metadata})
 
@@ -76,6 +81,9 @@ def _setting(env, default, check=None, **metadata):
 @dataclass(frozen=True)
 class Settings:
     rabbitmq_url: str = _setting("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/", _scheme("amqp", "amqps"))
+    rabbitmq_tls_ca_file: str = _setting("RABBITMQ_TLS_CA_FILE", "", _file)  # amqps: CA of the server ("": system CAs)
+    rabbitmq_tls_cert_file: str = _setting("RABBITMQ_TLS_CERT_FILE", "", _file)  # amqps: client certificate
+    rabbitmq_tls_key_file: str = _setting("RABBITMQ_TLS_KEY_FILE", "", _file)  # amqps: its private key
     request_queue: str = _setting("RABBITMQ_REQUEST_QUEUE", "report_generation_requests")
     response_queue: str = _setting("RABBITMQ_RESPONSE_QUEUE", "report_generation_responses")
     dlq: str = _setting("RABBITMQ_DLQ", "report_generation_requests_dlq")
@@ -193,6 +201,34 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 ENV_NAMES = {f.metadata["env"]: f for f in dataclasses.fields(Settings)}
+# Files in $CREDENTIALS_DIRECTORY (systemd LoadCredential=) that load() reads, named like the fields.
+CREDENTIALS = tuple(f.name for f in dataclasses.fields(Settings) if f.metadata.get("secret")) + (
+    "rabbitmq_url", "redis_url", "mongodb_url")
+
+
+def _holds_secret(f: dataclasses.Field, raw: Any) -> bool:
+    """A secret setting, or a URL with a password: these never come from the config file."""
+    if f.metadata.get("secret"):
+        return True
+    try:
+        return isinstance(raw, str) and "://" in raw and urlsplit(raw).password is not None
+    except ValueError:
+        return False
+
+
+def read_credentials(directory: str) -> dict[str, str]:
+    """The credentials systemd passed (LoadCredential=), by field name; absent files are skipped."""
+    found = {}
+    for name in CREDENTIALS:
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                found[name] = handle.read().strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise SettingsError(f"credential {name} ({path}): {exc.strerror}") from None
+    return found
 
 
 def load(
@@ -200,18 +236,30 @@ def load(
     config_file: str | os.PathLike | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build and validate the settings; `overrides` are CLI flags keyed by field name."""
+    """Build and validate the settings; `overrides` are CLI flags keyed by field name.
+
+    Later sources win: defaults < config file < credentials in $CREDENTIALS_DIRECTORY < environment
+    < overrides. Secrets (and URLs with a password) in the config file are refused.
+    """
     environ = os.environ if environ is None else environ
+    fields_by_name = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
     if config_file:
         for key, raw in read_file(config_file).items():
             if key not in ENV_NAMES:
                 raise SettingsError(f"--config {config_file}: unknown setting {key}")
+            if _holds_secret(ENV_NAMES[key], raw):
+                raise SettingsError(
+                    f"--config {config_file}: {key} is a secret (or a URL with a password) and does not belong in "
+                    f"the config file; set it in the environment (e.g. /etc/report-worker/env) or as the systemd "
+                    f"credential {ENV_NAMES[key].name}")
             values[ENV_NAMES[key].name] = _convert(ENV_NAMES[key], raw)
+    if environ.get("CREDENTIALS_DIRECTORY"):
+        for name, raw in read_credentials(environ["CREDENTIALS_DIRECTORY"]).items():
+            values[name] = _convert(fields_by_name[name], raw)
     for key, f in ENV_NAMES.items():
         if key in environ:
             values[f.name] = _convert(f, environ[key])
-    fields_by_name = {f.name: f for f in dataclasses.fields(Settings)}
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _convert(fields_by_name[name], raw)
@@ -232,6 +280,11 @@ def validate(settings: Settings) -> None:
         raise SettingsError("OPENAI_API_KEY is required when OPENAI_BASE_URL is not set")
     if settings.openai_base_url:
         _scheme("http", "https")(settings.openai_base_url, "OPENAI_BASE_URL")
+    tls_files = settings.rabbitmq_tls_ca_file or settings.rabbitmq_tls_cert_file or settings.rabbitmq_tls_key_file
+    if tls_files and urlsplit(settings.rabbitmq_url).scheme != "amqps":
+        raise SettingsError("RABBITMQ_TLS_CA_FILE/_CERT_FILE/_KEY_FILE need an amqps:// RABBITMQ_URL")
+    if settings.rabbitmq_tls_key_file and not settings.rabbitmq_tls_cert_file:
+        raise SettingsError("RABBITMQ_TLS_KEY_FILE needs RABBITMQ_TLS_CERT_FILE (the client certificate)")
     if len(set(settings.retry_delays)) != len(settings.retry_delays):
         raise SettingsError("RETRY_DELAYS must not repeat a delay")
     if settings.worker_timeout < 1:

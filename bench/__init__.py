@@ -1,0 +1,1 @@
+"""Benchmark harness: report-worker run under a fake LLM of known latency, figures against the ideal."""

@@ -1,0 +1,105 @@
+"""Turn one run's raw timings, scrape and process samples into the figures we report."""
+
+import re
+from collections import Counter
+
+STAGES = ("cache", "user", "knowledge", "llm", "store", "publish")
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def metric_sums(text: str, name: str, label: str | None = None) -> dict[str, float] | float:
+    """Sum a metric's samples from exposition text, by one label's value when `label` is given."""
+    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+|NaN)$", re.M)
+    by_label: dict[str, float] = {}
+    total = 0.0
+    for labels, value in pattern.findall(text):
+        number = float(value)
+        total += number
+        if label:
+            match = re.search(rf'{label}="([^"]*)"', labels or "")
+            key = match.group(1) if match else ""
+            by_label[key] = by_label.get(key, 0.0) + number
+    return by_label if label else total
+
+
+def stage_shares(scrape: str) -> dict[str, float]:
+    sums = metric_sums(scrape, "report_worker_stage_seconds_sum", "stage")
+    total = sum(sums.values())
+    return {stage: round(sums.get(stage, 0.0) / total, 4) for stage in STAGES} if total else {}
+
+
+def summarize(config, published: dict, received: dict, reports: list[dict], scrape: str,
+              cpu_seconds: float, parent_rss: int, child_rss: int, db_cpu_seconds: float | None) -> dict:
+    done = [rid for rid in published if rid in received]
+    first_publish = min(published.values())
+    last_response = max(received[rid] for rid in done) if done else first_publish
+    elapsed = max(last_response - first_publish, 1e-9)
+    rate = len(done) / elapsed
+    latencies = [received[rid] - published[rid] for rid in done]
+    llm_time = {r["request_id"]: r.get("generation_time_seconds", 0.0) for r in reports}
+    overheads = [received[rid] - published[rid] - llm_time.get(rid, 0.0) for rid in done]
+    spread = Counter(r.get("processed_by", "?") for r in reports)
+    ideal = config.ideal_rate
+    return {
+        "config": config.label,
+        "processes": config.processes, "threads": config.threads, "latency": config.latency,
+        "prefetch": config.prefetch or config.threads, "requests": config.requests,
+        "answered": len(done), "reports_stored": len(reports),
+        "seconds": round(elapsed, 3),
+        "reports_per_s": round(rate, 2),
+        "ideal_per_s": round(ideal, 2) if ideal else None,
+        "efficiency": round(rate / ideal, 3) if ideal else None,
+        "latency_p50": _r(percentile(latencies, 50)), "latency_p95": _r(percentile(latencies, 95)),
+        "latency_p99": _r(percentile(latencies, 99)),
+        "overhead_p50": _r(percentile(overheads, 50)), "overhead_p95": _r(percentile(overheads, 95)),
+        "stage_shares": stage_shares(scrape),
+        "cpu_ms_per_report": round(cpu_seconds * 1000 / max(len(done), 1), 3),
+        "db_cpu_ms_per_report": round(db_cpu_seconds * 1000 / max(len(done), 1), 3) if db_cpu_seconds else None,
+        "parent_rss_mb": round(parent_rss / 2**20, 1),
+        "max_child_rss_mb": round(child_rss / 2**20, 1),
+        "reconnects": int(metric_sums(scrape, "report_worker_broker_reconnects_total")),
+        "redeliveries": int(metric_sums(scrape, "report_worker_redeliveries_total")),
+        "per_child": sorted(spread.values()),
+        "fairness": round(min(spread.values()) / max(spread.values()), 3) if len(spread) > 1 else 1.0,
+        "scrape_ok": bool(scrape),
+    }
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+COLUMNS = [
+    ("config", 44), ("reports_per_s", 8), ("ideal_per_s", 8), ("efficiency", 6), ("latency_p50", 7),
+    ("latency_p95", 7), ("latency_p99", 7), ("overhead_p50", 7), ("overhead_p95", 7), ("cpu_ms_per_report", 7),
+    ("parent_rss_mb", 7), ("max_child_rss_mb", 7), ("reconnects", 4), ("redeliveries", 4), ("fairness", 5),
+]
+HEADERS = ["configuration", "rep/s", "ideal", "eff", "p50 s", "p95 s", "p99 s", "ovh50", "ovh95", "cpu ms",
+           "par MB", "chl MB", "reco", "redl", "fair"]
+
+
+def table_header() -> str:
+    return " | ".join(h.ljust(w) for h, (_, w) in zip(HEADERS, COLUMNS))
+
+
+def table_row(figures: dict) -> str:
+    cells = []
+    for key, width in COLUMNS:
+        value = figures.get(key)
+        cells.append(("-" if value is None else str(value)).ljust(width))
+    return " | ".join(cells)
+
+
+def stage_line(figures: dict) -> str:
+    shares = figures.get("stage_shares") or {}
+    if not shares:
+        return "    stage shares: n/a (no scrape)"
+    return "    stage shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + (
+        f"; db server cpu {figures['db_cpu_ms_per_report']} ms/report" if figures.get("db_cpu_ms_per_report") else "")
