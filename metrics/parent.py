@@ -5,6 +5,7 @@ is one process, and its gauges would otherwise carry a pid label or outlive it.
 """
 
 import threading
+from typing import Callable
 from importlib import metadata
 
 import psutil
@@ -40,20 +41,24 @@ def version() -> str:
 class ParentMetrics:
     """What the arbiter tells us about its children, plus the queue poller; a prometheus_client collector.
 
-    Thread-safe: the arbiter's loop calls the child_* methods, the HTTP thread calls collect().
+    Children are tracked by pid, labelled by worker index: during a rolling replacement two processes
+    share an index, and their RSS and CPU add up under that label. Thread-safe: the arbiter's loop calls
+    the child_* methods, the HTTP thread calls collect().
     """
 
-    def __init__(self, settings: Settings, directory=None, poll_interval: float = 5.0, poller=None):
+    def __init__(self, settings: Settings, directory=None, poll_interval: float = 5.0, poller=None,
+                 consuming: Callable[[], int] | None = None):
         self.settings = settings
         self.directory = directory            # a MetricsDirectory: child_exited folds the child's files
         self.poller = poller or QueuePoller(settings, poll_interval)
+        self.consuming = consuming            # children consuming now (for capacity); default: all live ones
         self.version = version()
         self._lock = threading.Lock()
-        self._pids: dict[int, int] = {}         # worker index -> pid of the live child
+        self._index: dict[int, int] = {}          # pid -> worker index, live children
         self._procs: dict[int, psutil.Process] = {}
-        self._cpu_before: dict[int, float] = {}   # index -> CPU seconds of earlier children at that index
-        self._cpu_last: dict[int, float] = {}     # index -> last CPU seconds read from the live child
-        self._rss: dict[int, float] = {}
+        self._rss: dict[int, float] = {}          # pid -> bytes
+        self._cpu: dict[int, float] = {}          # pid -> CPU seconds last read
+        self._cpu_before: dict[int, float] = {}   # index -> CPU seconds of exited children at that index
         self._restarts: dict[str, int] = {}
 
     # -- called by the arbiter ---------------------------------------------------------------
@@ -72,10 +77,10 @@ class ParentMetrics:
 
     def child_started(self, index: int, pid: int) -> None:
         with self._lock:
-            self._pids[index] = pid
+            self._index[pid] = index
 
     def child_exited(self, index: int, pid: int, reason: str, restart: bool = True) -> None:
-        """A reaped child; call right after waitpid and before forking its replacement.
+        """A reaped child; call right after waitpid and before forking again (a new child may reuse the pid).
 
         `reason` is a small fixed word (exitcodes.describe(code), "hung", "recycle", ...); `restart`
         is False when the parent is stopping or shrinking, so the exit is not counted as a restart.
@@ -83,57 +88,62 @@ class ParentMetrics:
         if self.directory is not None:
             self.directory.mark_dead(pid)
         with self._lock:
-            if self._pids.get(index) == pid:
-                del self._pids[index]
-            self._procs.pop(index, None)
-            self._rss.pop(index, None)
-            self._cpu_before[index] = self._cpu_before.get(index, 0.0) + self._cpu_last.pop(index, 0.0)
+            self._forget(pid, index)
             if restart:
                 self._restarts[reason] = self._restarts.get(reason, 0) + 1
+
+    def _forget(self, pid: int, index: int) -> None:
+        if self._index.pop(pid, None) is None:
+            return
+        self._procs.pop(pid, None)
+        self._rss.pop(pid, None)
+        self._cpu_before[index] = self._cpu_before.get(index, 0.0) + self._cpu.pop(pid, 0.0)
 
     def sample_children(self, children: dict[int, int] | None = None) -> None:
         """Read RSS and CPU of the live children; `children` ({index: pid}) replaces what we know."""
         with self._lock:
             if children is not None:
-                for index in set(self._pids) - set(children):
-                    self._procs.pop(index, None)
-                    self._rss.pop(index, None)
-                self._pids = dict(children)
-            pids = dict(self._pids)
-        for index, pid in pids.items():
-            self._sample(index, pid)
+                wanted = {pid: index for index, pid in children.items()}
+                for pid in set(self._index) - set(wanted):
+                    self._forget(pid, self._index[pid])
+                self._index.update(wanted)
+            live = dict(self._index)
+        for pid in live:
+            self._sample(pid)
 
-    def _sample(self, index: int, pid: int) -> None:
-        proc = self._procs.get(index)
+    def _sample(self, pid: int) -> None:
+        proc = self._procs.get(pid)
         try:
-            if proc is None or proc.pid != pid:
-                proc = psutil.Process(pid)
+            proc = proc or psutil.Process(pid)
             with proc.oneshot():
                 rss = proc.memory_info().rss
                 times = proc.cpu_times()
         except psutil.Error:
             return
         with self._lock:
-            if self._pids.get(index) != pid:
-                return
-            self._procs[index] = proc
-            self._rss[index] = float(rss)
-            self._cpu_last[index] = times.user + times.system
+            if pid in self._index:
+                self._procs[pid] = proc
+                self._rss[pid] = float(rss)
+                self._cpu[pid] = max(self._cpu.get(pid, 0.0), times.user + times.system)
 
     # -- called by the registry on each scrape -----------------------------------------------
 
     def collect(self):
         self.sample_children()
         with self._lock:
-            alive = len(self._pids)
-            rss = dict(self._rss)
-            cpu = {i: self._cpu_before.get(i, 0.0) + self._cpu_last.get(i, 0.0)
-                   for i in set(self._cpu_before) | set(self._cpu_last)}
+            alive = len(self._index)
+            rss: dict[int, float] = {}
+            cpu = dict(self._cpu_before)
+            for pid, index in self._index.items():
+                if pid in self._rss:
+                    rss[index] = rss.get(index, 0.0) + self._rss[pid]
+                cpu[index] = cpu.get(index, 0.0) + self._cpu.get(pid, 0.0)
             restarts = dict(self._restarts)
+        consuming = alive if self.consuming is None else _count(self.consuming)
         yield GaugeMetricFamily(PREFIX + "children", "Live child processes.", value=alive)
         yield GaugeMetricFamily(PREFIX + "capacity_messages",
-                                "Messages the live children can process at once (children x WORKER_THREADS).",
-                                value=alive * self.settings.worker_threads)
+                                "Messages the consuming children can process at once (children x WORKER_THREADS).",
+                                value=consuming * self.settings.worker_threads)
         family = CounterMetricFamily(PREFIX + "child_restarts", "Children replaced, by why they left.",
                                      labels=["reason"])
         for reason, count in sorted(restarts.items()):
@@ -170,3 +180,10 @@ class ParentMetrics:
             yield GaugeMetricFamily(PREFIX + "queue_poll_age_seconds",
                                     "Seconds since the last successful queue poll (or since the poller started).",
                                     value=age)
+
+
+def _count(callable_: Callable[[], int]) -> int:
+    try:
+        return int(callable_())
+    except Exception:  # the arbiter's answer is not worth a failed scrape
+        return 0

@@ -1,5 +1,6 @@
 """Queue depths and consumer counts, polled by the parent with passive declares on its own connection."""
 
+import logging
 import threading
 import time
 from typing import Callable
@@ -7,12 +8,25 @@ from typing import Callable
 import pika
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 
+from worker.broker import connection_parameters
 from worker.logs import EventLog
 from worker.settings import Settings
 
 log = EventLog(__name__)
 
 NOT_FOUND = 404
+THREAD_NAME = "metrics-queue-poller"
+
+
+class _QuietNotFound(logging.Filter):
+    """Drop pika's warning for the 404 that a passive declare of a missing queue causes, from our thread
+    only: a missing queue is an expected answer here, repeated every poll (forked children have no such thread)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == THREAD_NAME and f"({NOT_FOUND})" in record.getMessage())
+
+
+_QUIET = _QuietNotFound()
 
 
 def queue_roles(settings: Settings) -> dict[str, str]:
@@ -21,15 +35,6 @@ def queue_roles(settings: Settings) -> dict[str, str]:
     for delay in settings.retry_delays:
         roles[f"retry_{delay:g}s"] = settings.retry_queue(delay)
     return roles
-
-
-def connection_parameters(settings: Settings) -> pika.URLParameters:
-    params = pika.URLParameters(settings.rabbitmq_url)
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.blocked_connection_timeout = 30
-    params.client_properties = {"connection_name": f"{settings.name} metrics"}
-    return params
 
 
 class QueuePoller:
@@ -43,7 +48,7 @@ class QueuePoller:
                  connect: Callable[[Settings], pika.BlockingConnection] | None = None):
         self.settings = settings
         self.interval = interval
-        self._connect = connect or (lambda s: pika.BlockingConnection(connection_parameters(s)))
+        self._connect = connect or (lambda s: pika.BlockingConnection(connection_parameters(s, "metrics")))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -53,8 +58,9 @@ class QueuePoller:
 
     def start(self) -> None:
         if self._thread is None:
+            logging.getLogger("pika.channel").addFilter(_QUIET)   # adding the same filter twice is a no-op
             self.started_at = time.monotonic()
-            self._thread = threading.Thread(target=self._run, name="metrics-queue-poller", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -8,4 +8,5 @@ cd "$ROOT"
 
 bash scripts/bootstrap.sh
 bash scripts/services.sh up
+bash scripts/tools.sh
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -1,16 +1,16 @@
 """The parent's main loop: fork N children, reap, replace, kill the hung, roll, recycle, notify systemd."""
 
 import os
-import signal
-import sys
 import time
 from typing import Callable, Mapping
 
-from supervisor import child as child_process
-from supervisor import heartbeat, tuning
+from metrics.multiprocess import MetricsDirectory
+from supervisor import tuning
+from supervisor.child import TEST_HANG_ENV
+from supervisor.children import Children
 from supervisor.notify import Notifier
 from supervisor.restarts import RestartLimit, backoff_delay
-from supervisor.signals import NAMES, SignalQueue
+from supervisor.signals import NAMES, SignalQueue, blocked
 from supervisor.states import Child, State, change_state
 from worker import exitcodes, logs
 from worker.logs import EventLog
@@ -22,37 +22,45 @@ TICK = 0.2          # longest wait between two turns of the loop when no signal 
 STOP_MARGIN = 5.0   # beyond GRACEFUL_TIMEOUT: time for a drained child to close its connections and exit
 
 
-def serve(load_settings: Callable[[], Settings], environ: Mapping[str, str] = os.environ) -> int:
+def serve(load_settings: Callable[[], Settings], metrics_directory: MetricsDirectory | None = None,
+          environ: Mapping[str, str] = os.environ) -> int:
     """`report-worker run`: validate the settings once, then supervise until a signal says stop."""
     settings = load_settings()
     logs.configure(settings.log_level, worker=settings.name, role="arbiter")
     tuning.check_consumer_timeout(settings)
-    hang = environ.get(child_process.TEST_HANG_ENV)
-    arbiter = Arbiter(settings, load_settings, Notifier.from_environ(environ), float(hang) if hang else None)
-    return arbiter.run()
+    hang = environ.get(TEST_HANG_ENV)
+    children = Children(float(hang) if hang else None)
+    arbiter = Arbiter(settings, load_settings, Notifier.from_environ(environ), children)
+    if metrics_directory is None:
+        return arbiter.run()
+    from metrics.endpoint import attach
+
+    endpoint = attach(arbiter, metrics_directory)
+    with blocked():  # the endpoint's threads must not take the parent's signals
+        endpoint.start()
+    try:
+        return arbiter.run()
+    finally:
+        endpoint.stop()
 
 
 class Arbiter:
     """Keeps `wanted` children consuming; signals and the exits of children decide what happens next.
 
-    To extend the loop (metrics), append to `tick_steps` (called every turn, ≤ TICK apart) and to the
-    `on_spawn(child)`, `on_exit(child, counted_as_restart)` and `on_reload(settings)` lists.
+    To extend the loop (metrics), append to `tick_steps` (called every turn, at most TICK apart) and
+    to `on_spawn(child)`, `on_exit(child, counted_as_restart)` and `on_reload(settings)`.
     """
 
     def __init__(self, settings: Settings, load_settings: Callable[[], Settings], notifier: Notifier,
-                 hang_after: float | None = None):
+                 children: Children):
         self.settings = settings
         self.load_settings = load_settings
         self.notifier = notifier
-        self.hang_after = hang_after
-        self.pid = os.getpid()
+        self.children = children
         self.wanted = settings.worker_processes
         self.generation = 1                   # bumped by HUP; children of older generations are replaced
-        self.slots: dict[int, Child] = {}     # worker index -> its current child (or its BACKOFF record)
-        self.leaving: list[Child] = []        # replaced or told to stop, not reaped yet
         self.restarts = RestartLimit(settings.restart_limit, settings.restart_window)
         self.signals = SignalQueue()
-        self.heartbeats = heartbeat.Directory()
         self.started_at = time.monotonic()
         self.ready = False                    # READY=1 was sent
         self.reloading = False
@@ -66,10 +74,15 @@ class Arbiter:
         self.on_exit: list[Callable[[Child, bool], None]] = []
         self.on_reload: list[Callable[[Settings], None]] = []
 
+    @property
+    def slots(self) -> dict[int, Child]:
+        return self.children.slots
+
     def run(self) -> int:
         self.signals.install()
         log.info("arbiter_started", processes=self.wanted, threads=self.settings.worker_threads,
-                 prefetch=self.settings.prefetch, timeout=self.settings.worker_timeout, heartbeats=self.heartbeats.path)
+                 prefetch=self.settings.prefetch, timeout=self.settings.worker_timeout,
+                 heartbeats=self.children.heartbeats.path)
         try:
             while True:
                 for step in self.tick_steps:
@@ -82,8 +95,7 @@ class Arbiter:
             log.error("arbiter_crashed", exc_info=True)
             self.exit_code = exitcodes.FAILURE
         finally:
-            self.kill_all()
-            self.heartbeats.close()
+            self.children.close()
         log.info("arbiter_stopped", code=self.exit_code, reason=exitcodes.describe(self.exit_code))
         return self.exit_code
 
@@ -105,8 +117,8 @@ class Arbiter:
 
     def handle_quit(self) -> None:
         self.begin_stop(exitcodes.OK)
-        for child in self.processes():
-            self.kill(child, "quit")
+        for child in self.children.processes():
+            self.children.kill(child, "quit")
 
     def handle_hup(self) -> None:
         if self.stop_code is not None:
@@ -137,57 +149,42 @@ class Arbiter:
     # ---- one turn of the loop -----------------------------------------------------------------
 
     def reap_children(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = next((c for c in self.processes() if c.pid == pid), None)
-            if child is not None:
-                self.child_exited(child, os.waitstatus_to_exitcode(status))
+        for child, code in self.children.reap():
+            self.child_exited(child, code)
 
     def read_heartbeats(self) -> None:
-        for child in self.processes():
-            beat = heartbeat.read(child.heartbeat)
-            if beat is None:
-                continue
-            child.beat_at, child.settled, child.inflight = beat.at, beat.settled, beat.inflight
-            child.wants_recycle = beat.phase == heartbeat.RECYCLE
-            if child.state is State.STARTING and beat.phase in (heartbeat.READY, heartbeat.RECYCLE):
-                change_state(child, State.RUNNING)
-                child.failures = 0
-                self.restarts.succeeded()
-                log.info("child_ready", **child.describe(), seconds=round(time.monotonic() - child.started_at, 3))
+        for child in self.children.read_heartbeats():
+            child.failures = 0
+            self.restarts.succeeded()
+            log.info("child_ready", **child.describe(), seconds=round(time.monotonic() - child.started_at, 3))
 
     def murder_hung(self) -> None:
         now = time.monotonic()
         start_timeout = 2 * self.settings.connect_timeout + self.settings.worker_timeout
-        for child in self.processes():
+        for child in self.children.processes():
             if child.killed:
                 continue
             if child.state is State.STARTING and now - child.started_at > start_timeout:
-                self.kill(child, "start_timeout")
+                self.children.kill(child, "start_timeout")
             elif child.state is State.RUNNING and now - child.beat_at > self.settings.worker_timeout:
-                self.kill(child, "hung")
+                self.children.kill(child, "hung")
             elif child.state is State.STOPPING and now > child.stop_deadline:
-                self.kill(child, "stop_timeout")
+                self.children.kill(child, "stop_timeout")
 
     def manage_children(self) -> None:
         """Move the children toward the wanted count (and, when stopping, finish once all are gone)."""
         if self.stop_code is not None:
-            if not self.processes():
+            if not self.children.processes():
                 self.exit_code = self.stop_code
             return
         now = time.monotonic()
         for index in range(1, self.wanted + 1):
             child = self.slots.get(index)
             if child is None:
-                self.slots[index] = self.spawn(index)
+                self.spawn(index)
             elif child.state is State.BACKOFF and now >= child.retry_at:
                 change_state(child, State.EXITED)
-                self.slots[index] = self.spawn(index, failures=child.failures)
+                self.spawn(index, failures=child.failures)
         for index in sorted(i for i in self.slots if i > self.wanted):
             child = self.slots.pop(index)
             if child.state is State.BACKOFF:
@@ -200,28 +197,26 @@ class Arbiter:
         its predecessor stops only once the successor consumes, so capacity never drops to zero."""
         if self.stop_code is not None:
             return
-        for old in [c for c in self.leaving if c.state is State.RUNNING]:
+        for old in [c for c in self.children.leaving if c.state is State.RUNNING]:
             current = self.slots.get(old.index)
             if current is None or current.state is State.RUNNING:
                 self.stop_child(old, old.reason)
         if any(c.state is not State.RUNNING for c in self.slots.values()):
-            return
-        if any(c.state is State.RUNNING for c in self.leaving):
-            return
+            return  # a successor is still coming up (or a slot is in backoff): one at a time
         for index, old in sorted(self.slots.items()):
             if old.generation < self.generation or old.wants_recycle:
                 old.reason = "reload" if old.generation < self.generation else "recycle"
-                self.slots[index] = self.spawn(index)
-                self.leaving.append(old)
-                log.info("child_replacing", **old.describe(), reason=old.reason, successor_pid=self.slots[index].pid)
+                self.children.leaving.append(old)
+                new = self.spawn(index)
+                log.info("child_replacing", **old.describe(), reason=old.reason, successor_pid=new.pid)
                 return
 
     def notify_systemd(self) -> None:
         running = [c for c in self.slots.values() if c.state is State.RUNNING]
         all_up = len(running) == self.wanted == len(self.slots)
-        inflight = sum(c.inflight for c in self.processes())
+        inflight = sum(c.inflight for c in self.children.processes())
         if self.stop_code is not None:
-            status = f"stopping: {len(self.processes())} children left, {inflight} in flight"
+            status = f"stopping: {len(self.children.processes())} children left, {inflight} in flight"
         else:
             status = f"{len(running)}/{self.wanted} children consuming, {inflight} in flight"
         if all_up and not self.ready:
@@ -237,48 +232,36 @@ class Arbiter:
         if self.healthy():
             self.notifier.watchdog(time.monotonic())
 
-    # ---- verbs ----------------------------------------------------------------------------------
+    # ---- decisions ----------------------------------------------------------------------------
 
     def spawn(self, index: int, failures: int = 0) -> Child:
-        now = time.monotonic()
-        child = Child(index, self.generation, self.heartbeats.create(now), started_at=now, since=now,
-                      failures=failures, beat_at=now)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with self.signals.blocked():
-            pid = os.fork()
-            if pid == 0:
-                child_process.main(index, self.settings, child.heartbeat, self.pid, self.hang_after)
-        child.pid = pid
-        log.info("child_spawned", **child.describe(), generation=child.generation)
+        child = self.children.fork(index, self.generation, self.settings, failures)
+        self.slots[index] = child
         for hook in self.on_spawn:
             hook(child)
         return child
 
     def child_exited(self, child: Child, code: int) -> None:
+        """Act on why it left: planned, config error, recycle, crash while starting, crash while running."""
         now = time.monotonic()
-        slot = self.slots.get(child.index) is child
-        planned = not slot or child.state is State.STOPPING or self.stop_code is not None
+        in_slot = self.slots.get(child.index) is child
+        planned = not in_slot or child.state is State.STOPPING
         reason = child.reason = child.reason or exitcodes.describe(code)
-        child.exit_code = code
         level = log.info if planned or code in (exitcodes.OK, exitcodes.RECYCLE) else log.warning
         level("child_exited", **child.describe(), code=code, reason=reason, settled=child.settled,
               uptime=round(now - child.started_at, 3))
-        self.heartbeats.remove(child.heartbeat)
-        if child in self.leaving:
-            self.leaving.remove(child)
-        counted = not planned and code != exitcodes.CONFIG and code != exitcodes.RECYCLE
+        counted = not planned and code not in (exitcodes.CONFIG, exitcodes.RECYCLE)
         for hook in self.on_exit:
             hook(child, counted)
         if planned:
             change_state(child, State.EXITED)
-            if slot:
+            if in_slot:
                 del self.slots[child.index]
         elif code == exitcodes.CONFIG:
             self.give_up(child, exitcodes.CONFIG, "a child found the configuration wrong; restarting will not help")
         elif code == exitcodes.RECYCLE:
             change_state(child, State.EXITED)
-            self.slots[child.index] = self.spawn(child.index)
+            self.spawn(child.index)
         elif not self.restarts.allow(now, failed_start=child.state is State.STARTING):
             self.give_up(child, exitcodes.GAVE_UP, f"more than {self.settings.restart_limit} restarts within "
                          f"{self.settings.restart_window:g} s or failed starts in a row")
@@ -290,9 +273,8 @@ class Arbiter:
                         retry_in=round(child.retry_at - now, 3))
         else:
             change_state(child, State.EXITED)
-            self.slots[child.index] = self.spawn(child.index)
-            log.info("child_restarted", index=child.index, old_pid=child.pid, child_pid=self.slots[child.index].pid,
-                     reason=reason)
+            new = self.spawn(child.index)
+            log.info("child_restarted", index=child.index, old_pid=child.pid, child_pid=new.pid, reason=reason)
 
     def give_up(self, child: Child, code: int, message: str) -> None:
         change_state(child, State.EXITED)
@@ -307,53 +289,19 @@ class Arbiter:
         self.stop_code = code
         self.notifier.stopping()
         log.info("stopping", code=code, grace_seconds=self.settings.graceful_timeout)
-        for index, child in sorted(self.slots.items()):
+        for child in [*self.slots.values(), *self.children.leaving]:
             if child.state is State.BACKOFF:
                 change_state(child, State.EXITED)
             else:
                 self.stop_child(child, "shutdown")
         self.slots.clear()
-        for child in list(self.leaving):
-            self.stop_child(child, "shutdown")
 
     def stop_child(self, child: Child, reason: str) -> None:
-        if child not in self.leaving:
-            self.leaving.append(child)
-        if child.state is State.STOPPING:
-            return
-        child.reason = child.reason or reason
-        change_state(child, State.STOPPING)
-        child.stop_deadline = time.monotonic() + self.settings.graceful_timeout + STOP_MARGIN
-        log.info("child_stopping", **child.describe(), reason=child.reason)
-        self.send(child, signal.SIGTERM)
-
-    def kill(self, child: Child, reason: str) -> None:
-        log.warning("child_killed", **child.describe(), reason=reason,
-                    silent_seconds=round(time.monotonic() - child.beat_at, 3))
-        child.reason, child.killed = reason, True
-        self.send(child, signal.SIGKILL)
-
-    @staticmethod
-    def send(child: Child, signum: int) -> None:
-        try:
-            os.kill(child.pid, signum)
-        except ProcessLookupError:
-            pass  # already gone; reaped on the next turn
-
-    def processes(self) -> list[Child]:
-        """Every child with a process: in slots, and leaving."""
-        return [c for c in (*self.slots.values(), *self.leaving) if c.alive]
+        self.children.stop(child, reason, self.settings.graceful_timeout + STOP_MARGIN)
 
     def healthy(self) -> bool:
+        """For the watchdog: no slot in backoff and every running child beat within WORKER_TIMEOUT."""
         now = time.monotonic()
         return all(c.state is not State.BACKOFF for c in self.slots.values()) and all(
-            now - c.beat_at <= self.settings.worker_timeout for c in self.processes() if c.state is State.RUNNING)
-
-    def kill_all(self) -> None:
-        """Last resort on the way out: nothing should be left, but never leave an orphan consuming."""
-        for child in self.processes():
-            self.send(child, signal.SIGKILL)
-            try:
-                os.waitpid(child.pid, 0)
-            except ChildProcessError:
-                pass
+            now - c.beat_at <= self.settings.worker_timeout
+            for c in self.children.processes() if c.state is State.RUNNING)

@@ -38,15 +38,16 @@ class SignalQueue:
             arrived.append(self.queue.get_nowait())
         return arrived
 
-    @staticmethod
-    @contextlib.contextmanager
-    def blocked():
-        """Hold our signals back around fork(), so no handler of ours runs in a half-made child."""
-        signal.pthread_sigmask(signal.SIG_BLOCK, NAMES)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, NAMES)
+
+
+@contextlib.contextmanager
+def blocked():
+    """Hold our signals back around fork(), so no handler of ours runs in a half-made child."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, NAMES)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, NAMES)
 
 
 def reset_in_child() -> None:

@@ -92,11 +92,15 @@ class MongoServer:
     """A throwaway SecantusDB server on 127.0.0.1:<free port> with ``--storage-path :memory:``.
 
     Use as ``with MongoServer() as mongo: ... mongo.url ...`` or call start()/stop().
-    ``restart()`` keeps the port; the in-memory store starts empty again.
+    ``restart()`` keeps the port; the in-memory store starts empty again, unless a
+    ``storage_path`` directory was given: then the data lives there and survives a restart
+    (the directory belongs to the caller and is not removed by stop()).
     """
 
-    def __init__(self, test_commands: bool = False, port: Optional[int] = None) -> None:
+    def __init__(self, test_commands: bool = False, port: Optional[int] = None,
+                 storage_path: Optional[str] = None) -> None:
         self.test_commands = test_commands
+        self.storage_path = storage_path
         self._fixed_port = port is not None
         self._port: Optional[int] = port
         self._proc: Optional[subprocess.Popen] = None
@@ -172,7 +176,7 @@ class MongoServer:
             secantusd_path(),
             "--host", "127.0.0.1",
             "--port", str(self._port),
-            "--storage-path", ":memory:",
+            "--storage-path", self.storage_path or ":memory:",
             "--log-level", "WARNING",
         ]
         if self.test_commands:
@@ -246,8 +250,12 @@ class MongoServer:
             self._workdir = None
             self._log_path = None
 
+    def stop_process(self) -> None:
+        """Stop the server (SIGTERM) but keep its port, log and storage: restart() brings it back."""
+        self._stop_process()
+
     def restart(self) -> "MongoServer":
-        """Stop and start again on the same port (with a new, empty in-memory store)."""
+        """Stop and start again on the same port (in memory: with a new, empty store)."""
         self._stop_process()
         return self._start(retry_ports=False)
 

@@ -217,6 +217,76 @@ def test_metrics_endpoint_serves_children_parent_and_queue_depths(endpoint, sett
 
 
 @pytest.mark.timeout(30)
+def test_the_queue_poller_skips_missing_queues_quietly(settings, broker, names, caplog):
+    broker.channel.queue_declare(names["RABBITMQ_REQUEST_QUEUE"], durable=True)
+    broker.publish(b"{}")
+    poller = QueuePoller(settings, interval=0.1)
+    poller.start()
+    try:
+        wait_for(lambda: poller.snapshot().get("request") == (1, 0), 10)
+        time.sleep(0.3)                                  # a few more polls, each meeting missing queues
+        assert set(poller.snapshot()) == {"request"}
+        assert poller.age() < 1
+    finally:
+        poller.stop()
+    assert not [r for r in caplog.records if "404" in r.getMessage()]
+    assert QueuePoller(settings).age() is None           # not started: no age to report
+
+
+@pytest.mark.timeout(30)
+def test_two_children_share_a_worker_index_during_a_rolling_replacement(settings):
+    import psutil
+
+    sleeper = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
+    old, new = (subprocess.Popen(sleeper, stdout=subprocess.PIPE, text=True) for _ in range(2))
+    try:
+        assert old.stdout.readline() == new.stdout.readline() == "up\n"
+        parent = ParentMetrics(settings, poller=QueuePoller(settings), consuming=lambda: 1)
+        parent.child_started(1, old.pid)
+        before = {f.name: f for f in parent.collect()}
+        parent.child_started(1, new.pid)                      # successor in the same slot
+        both = {f.name: f for f in parent.collect()}
+        assert both["report_worker_children"].samples[0].value == 2
+        assert both["report_worker_capacity_messages"].samples[0].value == settings.worker_threads
+        [rss_one] = before["report_worker_child_rss_bytes"].samples
+        [rss_both] = both["report_worker_child_rss_bytes"].samples
+        rss_each = sum(psutil.Process(p.pid).memory_info().rss for p in (old, new))
+        assert rss_both.labels == {"worker": "1"} and rss_both.value == pytest.approx(rss_each, rel=0.2)
+        assert rss_both.value > rss_one.value
+        old.kill()
+        old.wait()
+        parent.child_exited(1, old.pid, "reload")
+        after = {f.name: f for f in parent.collect()}
+        assert after["report_worker_children"].samples[0].value == 1
+        assert after["report_worker_child_rss_bytes"].samples[0].value < rss_both.value
+        [cpu_both] = both["report_worker_child_cpu_seconds"].samples
+        [cpu_after] = after["report_worker_child_cpu_seconds"].samples
+        assert cpu_after.value >= cpu_both.value
+        assert [(s.labels, s.value) for s in after["report_worker_child_restarts"].samples] == [({"reason": "reload"}, 1)]
+    finally:
+        for proc in (old, new):
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.timeout(30)
+def test_a_taken_metrics_port_is_a_configuration_error(env, tmp_path):
+    import socket
+
+    from metrics.endpoint import Endpoint
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        settings = settings_module.load(environ={**env, "METRICS_PORT": str(taken.getsockname()[1])})
+        endpoint = Endpoint(settings, MetricsDirectory(str(tmp_path / "prom")), checks={})
+        with pytest.raises(settings_module.SettingsError, match="METRICS_BIND/METRICS_PORT .* cannot listen"):
+            endpoint.start()
+    off = Endpoint(settings_module.load(environ={**env, "METRICS_PORT": "0"}), MetricsDirectory(str(tmp_path / "p")), {})
+    assert off.server is None
+
+
+@pytest.mark.timeout(30)
 def test_healthz_needs_the_parent_loop_and_a_live_child(endpoint):
     alive = {"n": 2}
     server = endpoint(alive=lambda: alive["n"])
@@ -394,3 +464,78 @@ def test_dashboard_is_valid_json_and_queries_only_known_metrics(settings):
     assert wanted_groups <= used, wanted_groups - used
     assert len({p["id"] for p in panels}) == len(panels)
 
+
+
+# -- the endpoint attached to a real arbiter ---------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    import psutil
+
+    return sorted(p.pid for p in psutil.Process(pid).children())
+
+
+@pytest.mark.timeout(180)
+def test_an_arbiter_with_the_endpoint_attached_serves_all_children(env, broker, db, cache, tmp_path):
+    port = free_port()
+    prom = tmp_path / "prom"
+    log_path = tmp_path / "arbiter.log"
+    run_env = {**env, "WORKER_PROCESSES": "2", "WORKER_THREADS": "2", "METRICS_PORT": str(port),
+               "PROMETHEUS_MULTIPROC_DIR": str(prom)}
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.metrics_arbiter"], cwd=ROOT, env=run_env,
+                                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return get(url + "/readyz", timeout=5)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, 60, interval=0.2, message=f"never ready; log:\n{log_path.read_text()[-3000:]}")
+        assert get(url + "/healthz")[0] == 200
+        import psutil
+
+        for pid in children_of(proc.pid):     # the listening socket stayed with the parent
+            assert not [c for c in psutil.Process(pid).net_connections("tcp") if c.laddr.port == port]
+        for _ in range(5):
+            broker.publish(sample_request())
+        broker.responses(5, timeout=60)
+
+        def scrape():
+            return get(url + "/metrics")[2]
+
+        text = wait_for(lambda: (t := scrape()) and series(t, "report_worker_messages_total", outcome="success") == 5
+                        and t, 10)
+        assert series(text, "report_worker_children") == 2
+        assert series(text, "report_worker_capacity_messages") == 4
+        assert series(text, "report_worker_child_rss_bytes", worker="1") > 0
+        assert series(text, "report_worker_inflight_messages") == 0
+        wait_for(lambda: series(scrape(), "report_worker_queue_consumers", queue="request") == 2, 20)
+
+        victim = children_of(proc.pid)[0]
+        os.kill(victim, 9)
+        text = wait_for(lambda: (t := scrape()) and
+                        series(t, "report_worker_child_restarts_total", reason="signal_9") == 1 and
+                        series(t, "report_worker_children") == 2 and t, 20)
+        assert series(text, "report_worker_messages_total", outcome="success") == 5    # kept after the kill
+        wait_for(ready, 30, interval=0.2)
+        for _ in range(3):
+            broker.publish(sample_request())
+        broker.responses(3, timeout=60)
+        wait_for(lambda: series(scrape(), "report_worker_messages_total", outcome="success") == 8, 10)
+        started = time.perf_counter()
+        for _ in range(20):
+            scrape()
+        print(f"\nscrape with 2 children: {(time.perf_counter() - started) / 20 * 1000:.1f} ms per request "
+              f"(HTTP included), {len(list(prom.glob('*.db')))} files")
+        assert len(list(prom.glob("*.db"))) <= 2 * 3 + 3 + 2
+
+        proc.terminate()
+        assert proc.wait(60) == 0
+        assert not list(prom.glob("*.db"))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)

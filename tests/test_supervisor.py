@@ -2,6 +2,7 @@
 
 import datetime
 import os
+import shutil
 import signal
 import socket
 import tempfile
@@ -141,6 +142,7 @@ def test_children_die_with_a_killed_parent(supervisor, broker, names):
     wait_for(lambda: broker.consumers(names["RABBITMQ_REQUEST_QUEUE"]) == 0, 5,
              message="children still consuming after the parent was killed")
     wait_for(lambda: all(gone(pid) for pid in children.values()), 5)
+    shutil.rmtree(parent.events("arbiter_started")[0]["heartbeats"])  # a SIGKILLed parent cannot tidy up
 
 
 @pytest.mark.slow
@@ -168,11 +170,11 @@ def test_sigterm_finishes_inflight_keeps_the_rest_queued_and_exits_0(supervisor,
 @pytest.mark.timeout(120)
 def test_hup_reloads_the_config_file_and_replaces_children_one_at_a_time(supervisor, broker, db, names, tmp_path):
     config = tmp_path / "worker.toml"
-    config.write_text("WORKER_THREADS = 2\n")
+    config.write_text("RABBITMQ_PREFETCH_COUNT = 2\n")
     parent = supervisor("--processes", "2", "--config", str(config))
     old = parent.wait_children(2)
-    assert {e["threads"] for e in parent.events("worker_started")} == {2}
-    config.write_text("WORKER_THREADS = 3\n")
+    assert {e["prefetch"] for e in parent.events("worker_started")} == {2}
+    config.write_text("RABBITMQ_PREFETCH_COUNT = 3\n")
     parent.signal(signal.SIGHUP)
     seen = watch_consumers(broker, names["RABBITMQ_REQUEST_QUEUE"], lambda: parent.events("reloaded"), 30)
     print(f"\nFIGURE hup_consumer_counts min={min(seen)} max={max(seen)} polls={len(seen)}")
@@ -181,7 +183,7 @@ def test_hup_reloads_the_config_file_and_replaces_children_one_at_a_time(supervi
     new = parent.wait_children(2)
     assert not set(new.values()) & set(old.values())
     started = [e for e in parent.events("worker_started") if e["pid"] in new.values()]
-    assert {e["threads"] for e in started} == {3}
+    assert {e["prefetch"] for e in started} == {3}
     steps = [(e["event"], e.get("child_pid")) for e in parent.events()
              if e["event"] in ("child_replacing", "child_stopping")]
     assert [event for event, _ in steps] == ["child_replacing", "child_stopping"] * 2  # one at a time
@@ -189,6 +191,33 @@ def test_hup_reloads_the_config_file_and_replaces_children_one_at_a_time(supervi
     request = sample_request()
     broker.publish(request)
     assert broker.responses(1)[0]["request_id"] == request["request_id"]
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_config_on_hup_keeps_the_running_children(supervisor, broker, names, tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text("RABBITMQ_PREFETCH_COUNT = 2\n")
+    parent = supervisor("--processes", "2", "--config", str(config))
+    before = parent.wait_children(2)
+    config.write_text("RABBITMQ_PREFETCH_COUNT = -1\n")
+    parent.signal(signal.SIGHUP)
+    [failed] = parent.wait_event("reload_failed")
+    assert "RABBITMQ_PREFETCH_COUNT" in failed["error"]
+    assert parent.ready_children() == before and not parent.events("child_replacing")
+    assert broker.consumers(names["RABBITMQ_REQUEST_QUEUE"]) == 2
+
+
+@pytest.mark.timeout(60)
+def test_quit_stops_at_once(supervisor, broker, llm, names):
+    llm.configure(latency=30.0)
+    parent = supervisor("--processes", "2", GRACEFUL_TIMEOUT="60")
+    children = parent.wait_children(2)
+    broker.publish(sample_request())
+    wait_for(lambda: llm.stats()["calls"] >= 1, 10)
+    parent.signal(signal.SIGQUIT)
+    assert parent.wait(5) == 0
+    assert all(gone(pid) for pid in children.values())
+    wait_for(lambda: broker.depth(names["RABBITMQ_REQUEST_QUEUE"]) == 1, 5)  # the broker requeued it
 
 
 @pytest.mark.timeout(60)
@@ -370,7 +399,8 @@ def test_measure_rss_of_parent_and_children(supervisor, broker, db, llm, threads
     answered_once_each(broker, db, requests, timeout=120)
     parent_mb = psutil.Process(parent.pid).memory_info().rss / 2**20
     child_mb = [psutil.Process(pid).memory_info().rss / 2**20 for pid in children.values()]
+    child_uss_mb = [psutil.Process(pid).memory_full_info().uss / 2**20 for pid in children.values()]
     child_threads = [psutil.Process(pid).num_threads() for pid in children.values()]
-    print(f"\nFIGURE threads={threads} parent_rss_mb={parent_mb:.1f} "
-          f"child_rss_mb={[round(m, 1) for m in child_mb]} child_threads={child_threads}")
+    print(f"\nFIGURE threads={threads} parent_rss_mb={parent_mb:.1f} child_rss_mb={[round(m, 1) for m in child_mb]} "
+          f"child_uss_mb={[round(m, 1) for m in child_uss_mb]} child_threads={child_threads}")
     assert parent_mb < 200 and all(m < 400 for m in child_mb)

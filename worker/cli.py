@@ -4,6 +4,7 @@ import argparse
 import json
 import logging
 import os
+import ssl
 import sys
 
 from pika.exceptions import AMQPConnectionError
@@ -20,6 +21,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "worker_timeout": getattr(args, "timeout", None),
         "max_tasks_per_child": getattr(args, "max_tasks_per_child", None),
         "max_memory_per_child": getattr(args, "max_memory_per_child", None),
+        "metrics_port": getattr(args, "metrics_port", None),
     }
     return load(config_file=args.config, overrides=overrides)
 
@@ -34,9 +36,12 @@ def cmd_consume(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from metrics.multiprocess import prepare_directory
+
+    directory = prepare_directory()  # before anything imports prometheus_client: children inherit the mode
     from supervisor import arbiter
 
-    return arbiter.serve(lambda: _settings(args))  # HUP calls it again: same --config file, same flags
+    return arbiter.serve(lambda: _settings(args), directory)  # HUP calls it again: same --config, same flags
 
 
 def cmd_submit(args) -> int:
@@ -131,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
                    "(MAX_TASKS_PER_CHILD, plus up to MAX_TASKS_JITTER)")
     p.add_argument("--max-memory-per-child", type=int, metavar="MB",
                    help="recycle a child whose RSS exceeds MB megabytes (MAX_MEMORY_PER_CHILD)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="HTTP port of /metrics, /healthz, /readyz "
+                   "(METRICS_PORT, default 9810; 0: off)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", parents=[common], help="publish requests like the backend does")
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"report-worker: configuration error: {exc}", file=sys.stderr)
         return exitcodes.CONFIG
-    except AMQPConnectionError as exc:
+    except (AMQPConnectionError, ssl.SSLError) as exc:
         print(f"report-worker: cannot reach RabbitMQ: {type(exc).__name__} {exc}".rstrip(), file=sys.stderr)
         return exitcodes.CONNECT
 

@@ -7,16 +7,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import pika
-from pika.exceptions import AMQPChannelError, AMQPError, NackError, UnroutableError
+from pika.exceptions import AMQPChannelError, AMQPError, ChannelClosed, NackError, UnroutableError
 
 from metrics.definitions import (
     BROKER_RECONNECTS, INFLIGHT, MESSAGES, PROCESSING_SECONDS, REDELIVERIES, STAGE_SECONDS,
 )
 from worker import exitcodes
+from worker.broker import connection_parameters
 from worker.delivery import Delivery, Settlement
 from worker.logs import EventLog
 from worker.settings import Settings
-from worker.tls import ssl_options
 from worker.topology import QueueMismatch, declare
 
 log = EventLog(__name__)
@@ -27,18 +27,6 @@ CONSUMER_TIMEOUT_HINT = (
     "a message waited longer than RabbitMQ's consumer_timeout between delivery and ack; lower "
     "RABBITMQ_PREFETCH_COUNT (towards WORKER_THREADS) or LLM_TIMEOUT_SECONDS, or raise consumer_timeout"
 )
-
-
-def connection_parameters(settings: Settings) -> pika.URLParameters:
-    params = pika.URLParameters(settings.rabbitmq_url)
-    if "heartbeat=" not in settings.rabbitmq_url:
-        params.heartbeat = settings.heartbeat_seconds
-    params.connection_attempts = 1
-    params.socket_timeout = 5
-    params.blocked_connection_timeout = 300
-    params.client_properties = {"connection_name": settings.name}
-    params.ssl_options = ssl_options(settings)
-    return params
 
 
 class Backoff:
@@ -128,8 +116,11 @@ class Consumer:
 
     def _serve(self) -> None:
         drain_until = None
+        if self.on_tick:
+            self.on_tick(self)  # tell the supervisor we consume now, not one tick later
         while True:
             self.connection.process_data_events(time_limit=TICK_SECONDS)
+            self._check_channel()
             if self.on_tick:
                 self.on_tick(self)
             if self.stopping and drain_until is None:
@@ -139,6 +130,16 @@ class Consumer:
                 if self.pending:
                     log.warning("drain_timeout", unfinished=len(self.pending))
                 return
+
+    def _check_channel(self) -> None:
+        """Raise when the broker closed the consuming channel (a consumer_timeout, say).
+
+        pika's BlockingConnection does not raise for that in process_data_events (only the channel's own
+        calls would), so without this check the process would stay up and consume nothing."""
+        channel = self.channel
+        if channel is not None and channel.is_closed:
+            reason = getattr(channel, "_closing_reason", None)  # pika keeps the broker's Channel.Close here
+            raise reason if isinstance(reason, AMQPError) else ChannelClosed(0, "the consuming channel closed")
 
     def _start_draining(self) -> None:
         self.draining = True

@@ -1,0 +1,93 @@
+"""The parts a fault test drives: `report-worker run` as a real process, its /metrics, and rabbitmqctl."""
+
+import re
+import subprocess
+import time
+import urllib.request
+
+import pika
+import psutil
+
+from tests.conftest import RABBITMQ_URL
+from tests.services import wait_for
+
+
+class Parent:
+    """`report-worker run` (children log to the same stdout) and the metrics it serves on its port."""
+
+    def __init__(self, process, metrics_port: int):
+        self.process = process
+        self.metrics_port = metrics_port
+
+    def __getattr__(self, name):
+        return getattr(self.process, name)
+
+    def children(self) -> list[int]:
+        """Pids of the live (not zombie) child processes."""
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [p.pid for p in kids if _alive(p.pid)]
+
+    def consuming(self) -> dict[int, int]:
+        """index -> pid of the children that became ready and have not exited, per the log."""
+        exited = {e["child_pid"] for e in self.events("child_exited")}
+        return {e["index"]: e["child_pid"] for e in self.events("child_ready") if e["child_pid"] not in exited}
+
+    def wait_consuming(self, count: int, timeout: float = 30) -> dict[int, int]:
+        return wait_for(lambda: len(self.consuming()) == count and self.consuming(), timeout,
+                        message=f"not {count} consuming children; log:\n{self.output()[-3000:]}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
+            return answer.read().decode()
+
+    def metric(self, name: str, **labels) -> float:
+        """The sum of every series of `name` whose labels include `labels` (0 when there is none)."""
+        return total(self.metrics(), name, **labels)
+
+
+def total(text: str, name: str, **labels) -> float:
+    found = 0.0
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
+        if all(have.get(k) == str(v) for k, v in labels.items()):
+            found += float(match.group(4))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def gone(pid: int) -> bool:
+    return not _alive(pid)
+
+
+def rabbitmqctl(*args: str, timeout: float = 120) -> str:
+    result = subprocess.run(["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"rabbitmqctl {' '.join(args)}: {result.stdout}{result.stderr}"
+    return result.stdout
+
+
+def reconnect(broker, timeout: float = 60) -> float:
+    """Give the test's Broker a new connection (the broker restarted); returns when it connected."""
+    def attempt():
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(RABBITMQ_URL))
+        except pika.exceptions.AMQPError:
+            return None
+        return connection
+
+    connection = wait_for(attempt, timeout, interval=0.1, message="the broker did not come back")
+    broker.connection = connection
+    broker.channel = connection.channel()
+    broker.channel.confirm_delivery()
+    return time.monotonic()
