@@ -106,6 +106,7 @@ def test_mongo_stopped_and_started_again_mid_run_loses_nothing_and_stores_once(
 
         ledger.settle(timeout=200)
         figures = ledger.verify("mongo_stop_start")
+        print(Counter(e["error"][:60] for e in run.events("retry_scheduled")))
         assert figures.stored == 100 and figures.dlq == 0
         assert_no_llm_call_for_a_stored_report(llm, run, requests)
         assert not run.events("child_exited")
