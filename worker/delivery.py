@@ -8,6 +8,7 @@ import pika
 
 ATTEMPT_HEADER = "x-attempt"
 SIGNATURE_HEADER = "x-signature"
+CLAIM_HEADER = "x-claim"  # the claim token of a request's earlier attempts: a retry may take back their claim
 KEPT_PROPERTIES = (
     "content_type", "content_encoding", "priority", "correlation_id", "reply_to",
     "message_id", "timestamp", "type", "app_id",

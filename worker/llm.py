@@ -243,14 +243,17 @@ def categories_for(request: ReportGenerationRequest) -> list[str]:
 def categories_in(*texts: Any) -> set[str]:
     """Known categories named exactly, or hinted by keywords, in the given texts."""
     found: set[str] = set()
+    rest = []
     for text in texts:
         if not isinstance(text, str) or not text.strip():
             continue
         key = re.sub(r"[\s-]+", "_", text.strip().lower())
         if key in KNOWN_CATEGORIES:
             found.add(key)
-            continue
-        plain = re.sub(r"[_-]+", " ", text.lower())
+        else:
+            rest.append(text.lower())
+    if rest:  # one pass per keyword over all the texts, not one per text
+        plain = re.sub(r"[_-]+", " ", "\n".join(rest))
         found |= {category for category, pattern in KEYWORDS if pattern.search(plain)}
     return found
 

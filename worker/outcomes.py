@@ -1,11 +1,12 @@
 """How a delivery ends, decided from the pipeline's result or error class alone."""
 
 import time
+import uuid
 from datetime import datetime, timezone
 
 import pika
 
-from worker.delivery import ATTEMPT_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
+from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
 from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError
 from worker.logs import EventLog
 from worker.pipeline import Pipeline, identify
@@ -20,11 +21,13 @@ def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> None:
     """Run the pipeline for one delivery (on a worker thread) and settle it."""
     started = time.perf_counter()
     attempt = delivery.attempt
+    claim = delivery.header(CLAIM_HEADER) or uuid.uuid4().hex  # kept by every retry of this message
     try:
         response = pipeline.process(delivery.body, content_type=delivery.properties.content_type,
-                                    signature=delivery.header(SIGNATURE_HEADER), redelivered=delivery.redelivered)
+                                    signature=delivery.header(SIGNATURE_HEADER), redelivered=delivery.redelivered,
+                                    claim=claim)
     except InProgress as exc:
-        settlement = retry(delivery, settings, attempt, exc, shortest=True)
+        settlement = retry(delivery, settings, attempt, exc, claim, shortest=True)
     except InvalidRequest as exc:
         settlement = give_up(delivery, settings, exc, "invalid", exc.request_id, exc.user_id)
     except PermanentError as exc:
@@ -33,7 +36,7 @@ def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> None:
         if not isinstance(exc, TransientError):
             log.error("unexpected_error", exc_info=exc, attempt=attempt)
         if attempt <= settings.max_retries:
-            settlement = retry(delivery, settings, attempt + 1, exc)
+            settlement = retry(delivery, settings, attempt + 1, exc, claim)
         else:
             settlement = give_up(delivery, settings, exc, "dead_lettered", *identify(delivery.body))
     else:
@@ -56,13 +59,15 @@ def respond(delivery: Delivery, settings: Settings, response: ReportGenerationRe
                    fallback_key=settings.response_queue if reply_to else None)
 
 
-def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseException, shortest: bool = False
-          ) -> Settlement:
-    """Park a copy in the delay queue for `attempt`; it comes back to the request queue after the delay."""
+def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseException, claim: str,
+          shortest: bool = False) -> Settlement:
+    """Park a copy in the delay queue for `attempt`; it comes back to the request queue after the delay.
+
+    The copy carries the claim token, so it may take back a claim this attempt could not release."""
     delay = min(settings.retry_delays) if shortest else settings.retry_delay(attempt)
     log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc),
                 request_id=identify(delivery.body)[0])
-    properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt})
+    properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt, CLAIM_HEADER: claim})
     publish = Publish(settings.retry_queue(delay), delivery.body, properties)
     return Settlement((publish,), outcome="retried")
 

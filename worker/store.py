@@ -101,8 +101,9 @@ class Store:
     def claim(self, request_id: str, owner: str, seconds: float, steal: bool = False) -> bool:
         """Take the right to generate this request's report; False while another live owner has it.
 
-        A claim ends when it expires, or at once when `steal` is set (the broker redelivered the
-        message, so its previous consumer is gone)."""
+        A claim ends when it expires, at once when `steal` is set (the broker redelivered the
+        message, so its previous consumer is gone), and for its own owner (an earlier attempt of
+        the same message that could not release it)."""
         stamp = now()
         claim = {"owner": owner, "expires_at": stamp + timedelta(seconds=seconds)}
         with _transient_on_failure("claim request"):
@@ -110,7 +111,8 @@ class Store:
                 self.claims.insert_one({"_id": request_id, **claim})
                 return True
             except DuplicateKeyError:
-                takeable = {"_id": request_id} if steal else {"_id": request_id, "expires_at": {"$lt": stamp}}
+                takeable = {"_id": request_id} if steal else {
+                    "_id": request_id, "$or": [{"expires_at": {"$lt": stamp}}, {"owner": owner}]}
                 return self.claims.find_one_and_update(takeable, {"$set": claim}) is not None
 
     def release(self, request_id: str, owner: str) -> None:
