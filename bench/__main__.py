@@ -29,23 +29,24 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 class Sampler:
-    """Peak RSS of the parent and of any child, sampled while the run goes."""
+    """Peak RSS and PSS of the parent and of any child, sampled while the run goes.
+
+    RSS counts the pages a child shares with the parent (the parent imports the worker before it
+    forks) in full in every process; PSS divides shared pages among their sharers."""
 
     def __init__(self, processes: list[psutil.Process]):
         self.processes = processes
-        self.parent_rss = 0
-        self.child_rss = 0
+        self.peaks = {"parent_rss": 0, "child_rss": 0, "parent_pss": 0, "child_pss": 0}
 
     def sample(self) -> None:
         for index, process in enumerate(self.processes):
             try:
-                rss = process.memory_info().rss
+                memory = process.memory_full_info()
             except psutil.Error:
                 continue
-            if index == 0:
-                self.parent_rss = max(self.parent_rss, rss)
-            else:
-                self.child_rss = max(self.child_rss, rss)
+            who = "parent" if index == 0 else "child"
+            self.peaks[f"{who}_rss"] = max(self.peaks[f"{who}_rss"], memory.rss)
+            self.peaks[f"{who}_pss"] = max(self.peaks[f"{who}_pss"], memory.pss)
 
 
 def progress(done: int, total: int, started: float) -> None:
@@ -107,8 +108,7 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict) -> dict:
         reports = stack.reports()
     finally:
         stack.stop()
-    return figures.summarize(config, published, received, reports, scrape, cpu_used,
-                             sampler.parent_rss, sampler.child_rss, db_used)
+    return figures.summarize(config, published, received, reports, scrape, cpu_used, sampler.peaks, db_used)
 
 
 def parse_args(argv):

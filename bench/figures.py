@@ -36,7 +36,7 @@ def stage_shares(scrape: str) -> dict[str, float]:
 
 
 def summarize(config, published: dict, received: dict, reports: list[dict], scrape: str,
-              cpu_seconds: float, parent_rss: int, child_rss: int, db_cpu_seconds: float | None) -> dict:
+              cpu_seconds: float, memory: dict, db_cpu_seconds: float | None) -> dict:
     done = [rid for rid in published if rid in received]
     first_publish = min(published.values())
     last_response = max(received[rid] for rid in done) if done else first_publish
@@ -62,8 +62,10 @@ def summarize(config, published: dict, received: dict, reports: list[dict], scra
         "stage_shares": stage_shares(scrape),
         "cpu_ms_per_report": round(cpu_seconds * 1000 / max(len(done), 1), 3),
         "db_cpu_ms_per_report": round(db_cpu_seconds * 1000 / max(len(done), 1), 3) if db_cpu_seconds else None,
-        "parent_rss_mb": round(parent_rss / 2**20, 1),
-        "max_child_rss_mb": round(child_rss / 2**20, 1),
+        "parent_rss_mb": round(memory["parent_rss"] / 2**20, 1),
+        "max_child_rss_mb": round(memory["child_rss"] / 2**20, 1),
+        "parent_pss_mb": round(memory["parent_pss"] / 2**20, 1),
+        "max_child_pss_mb": round(memory["child_pss"] / 2**20, 1),
         "reconnects": int(metric_sums(scrape, "report_worker_broker_reconnects_total")),
         "redeliveries": int(metric_sums(scrape, "report_worker_redeliveries_total")),
         "per_child": sorted(spread.values()),
@@ -79,10 +81,11 @@ def _r(value: float | None) -> float | None:
 COLUMNS = [
     ("config", 44), ("reports_per_s", 8), ("ideal_per_s", 8), ("efficiency", 6), ("latency_p50", 7),
     ("latency_p95", 7), ("latency_p99", 7), ("overhead_p50", 7), ("overhead_p95", 7), ("cpu_ms_per_report", 7),
-    ("parent_rss_mb", 7), ("max_child_rss_mb", 7), ("reconnects", 4), ("redeliveries", 4), ("fairness", 5),
+    ("parent_rss_mb", 6), ("parent_pss_mb", 6), ("max_child_rss_mb", 6), ("max_child_pss_mb", 6),
+    ("reconnects", 4), ("redeliveries", 4), ("fairness", 5),
 ]
 HEADERS = ["configuration", "rep/s", "ideal", "eff", "p50 s", "p95 s", "p99 s", "ovh50", "ovh95", "cpu ms",
-           "par MB", "chl MB", "reco", "redl", "fair"]
+           "parRSS", "parPSS", "chRSS", "chPSS", "reco", "redl", "fair"]
 
 
 def table_header() -> str:
