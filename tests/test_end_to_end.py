@@ -247,3 +247,16 @@ def test_mongo_write_failures_retry_through_delay_queues_and_store_once(consumer
     retries = worker.events("retry_scheduled")  # pymongo may retry a write itself once first
     assert retries and "mongodb" in retries[0]["error"]
     assert worker.events("report_done")[0]["attempt"] == retries[-1]["attempt"]
+
+
+@pytest.mark.timeout(60)
+def test_previous_input_is_read_from_redis_and_compared(consumer, broker, db):
+    consumer()
+    first = sample_request(user_id="user-prev")
+    second = sample_request(user_id="user-prev")
+    third = sample_request(user_id="user-prev", disclaimer="Changed wording.")
+    for request in (first, second, third):
+        broker.publish(request)
+        broker.responses(1)
+    changed = {doc["request_id"]: doc["report_data"]["input_changed"] for doc in db.medical_reports.find()}
+    assert changed == {first["request_id"]: None, second["request_id"]: False, third["request_id"]: True}

@@ -29,17 +29,16 @@ class Cache:
     def ping(self) -> None:
         self.client.ping()
 
-    def previous_input(self, user_id: str) -> dict | None:
-        raw = self._call("input", "get", self.prefix + f"input:{user_id}")
+    def swap_input(self, user_id: str, request: dict[str, Any]) -> dict | None:
+        """Cache this input and return the previous one, in one round trip (SET ... GET, Redis >= 6.2)."""
+        raw = self._call("input", "set", self.prefix + f"input:{user_id}", json.dumps(request),
+                         ex=self.input_ttl, get=True)
         if raw is None:
             return None
         try:
             return json.loads(raw)
         except ValueError:
             return None
-
-    def remember_input(self, user_id: str, request: dict[str, Any]) -> None:
-        self._call("input", "set", self.prefix + f"input:{user_id}", json.dumps(request), ex=self.input_ttl)
 
     def remember_report(self, report_id: str, report: dict[str, Any]) -> None:
         self._call("report", "set", self.prefix + f"report:{report_id}", json.dumps(report, default=str), ex=self.report_ttl)
@@ -55,6 +54,6 @@ class Cache:
             CACHE_REQUESTS.labels(cache, "error").inc()
             log.warning("cache_unavailable", cache=cache, error=type(exc).__name__)
             return None
-        if command == "get":
+        if kwargs.get("get") or command == "get":
             CACHE_REQUESTS.labels(cache, "hit" if result is not None else "miss").inc()
         return result

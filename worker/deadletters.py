@@ -6,12 +6,12 @@ from typing import IO
 import pika
 
 from worker.broker import channel
-from worker.delivery import ATTEMPT_HEADER
+from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER
 from worker.pipeline import identify
 from worker.settings import Settings
 
 DEAD_LETTER_HEADERS = ("x-death-reason", "x-error", "x-error-class", "x-attempts", "x-original-queue",
-                       "x-failed-at", "x-worker", ATTEMPT_HEADER)
+                       "x-failed-at", "x-worker", ATTEMPT_HEADER, CLAIM_HEADER)
 
 
 def _summary(properties, body: bytes) -> dict:

@@ -104,9 +104,12 @@ def _summarize(exc: ValidationError) -> str:
 
 def remember_input(cache: Cache, user_id: str, document: dict) -> dict | None:
     """Return the user's previous input (if cached) and cache this one."""
-    previous = cache.previous_input(user_id)
-    cache.remember_input(user_id, document)
-    return previous
+    return cache.swap_input(user_id, document)
+
+
+def _clinical(document: dict) -> dict:
+    """An input without its request id: what decides whether the user's data changed."""
+    return {key: value for key, value in document.items() if key != "request_id"}
 
 
 def ensure_user(store: Store, user_id: str) -> None:
@@ -194,7 +197,7 @@ class Pipeline:
         try:
             with timed("llm"):
                 generated = generate(self.writer, request, entries)
-            input_changed = None if previous is None else previous != document
+            input_changed = None if previous is None else _clinical(previous) != _clinical(document)
             with timed("store"):
                 report = store_report(self.store, request, generated, categories, entries, input_changed)
         except BaseException:
