@@ -1,11 +1,13 @@
 """The parts a fault test drives: `report-worker run` as a real process, its /metrics, and rabbitmqctl."""
 
+import datetime
 import re
 import subprocess
 import time
 import urllib.request
 
 import pika
+import pika.exceptions
 import psutil
 
 from tests.conftest import RABBITMQ_URL
@@ -58,6 +60,12 @@ def total(text: str, name: str, **labels) -> float:
         if all(have.get(k) == str(v) for k, v in labels.items()):
             found += float(match.group(4))
     return found
+
+
+def log_time(event: dict) -> float:
+    """The wall-clock time of a log line, as time.time() would say."""
+    stamp = datetime.datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 def _alive(pid: int) -> bool:

@@ -4,11 +4,12 @@ Both change the one RabbitMQ node the whole suite shares, so each puts it back i
 """
 
 import time
+from collections import Counter
 
 import pytest
 
 from tests.conftest import sample_request
-from tests.faults.harness import reconnect, rabbitmqctl
+from tests.faults.harness import log_time, rabbitmqctl, reconnect
 from tests.services import wait_for
 
 
@@ -35,12 +36,15 @@ def test_a_broker_restart_mid_run_loses_nothing_and_consuming_resumes_within_5s(
     wait_for(lambda: db.medical_reports.count_documents({}) >= 30, 60)
     ledger.take()
 
+    def both_children_felt_it() -> bool:
+        """Each child saw its connection go and then failed twice more to reconnect, backing off."""
+        lost = Counter(e["pid"] for e in run.events("broker_connection_lost"))
+        return all(lost[pid] >= 3 for pid in children)
+
     try:
         rabbitmqctl("stop_app")
         stopped_at = time.monotonic()
-        # both children saw the connection go and have failed at least once more to reconnect
-        wait_for(lambda: len(run.events("broker_connection_lost")) >= 4, 30,
-                 message=f"children did not notice the broker leaving; log:\n{run.output()[-3000:]}")
+        wait_for(both_children_felt_it, 60, message=f"children did not notice; log:\n{run.output()[-3000:]}")
         down_seconds = time.monotonic() - stopped_at
     finally:
         start_broker_app()
@@ -89,19 +93,22 @@ def test_a_consumer_timeout_shorter_than_the_llm_call_is_survived_and_the_reques
     request = sample_request()
     ledger.publish(request)
     wait_for(lambda: llm.stats()["calls"] >= 1, 20)
+    llm.configure(latency=0.0)  # the first call keeps its 95 s; the redelivered copy's call will not wait
     published_at = time.monotonic()
     timed_out = wait_for(lambda: [e for e in run.events("broker_connection_lost")
                                   if "delivery acknowledgement" in e["error"]], 120,
                          message=f"the worker never noticed its channel closing; log:\n{run.output()[-3000:]}")
     closed_after = time.monotonic() - published_at
-    llm.configure(latency=0.0)  # the redelivered copy need not wait another 95 s
     assert all("hint" in e["error"] and "RABBITMQ_PREFETCH_COUNT" in e["error"] for e in timed_out), timed_out
 
     ledger.settle(timeout=60)
     figures = ledger.verify("consumer_timeout")
     assert figures.stored == 1
-    redelivered_at = [e for e in run.events("consuming")][2:]  # each child consumed once, then again
-    assert redelivered_at, "no child consumed again after the channel was closed"
-    assert sorted(run.children()) == children and not run.events("child_exited")
+    assert run.metric("report_worker_redeliveries_total") >= 1  # the broker gave the message back, once more
+    assert sorted(run.children()) == children and not run.events("child_exited")  # survived the close
+    first = timed_out[0]
+    again = [e for e in run.events("consuming") if e["pid"] == first["pid"] and e["ts"] > first["ts"]]
+    assert again, "the child whose channel was closed never consumed again"
+    figures.recover_seconds = log_time(again[0]) - log_time(first)
     figures.notes.update(channel_closed_after_seconds=round(closed_after, 1), llm_calls=llm.stats()["calls"])
     print("\n" + figures.line())

@@ -1,6 +1,5 @@
 """Faults 1, 2 and 8: children killed under load, the parent killed, SIGTERM with slow LLM calls."""
 
-import datetime
 import os
 import random
 import signal
@@ -10,14 +9,8 @@ import time
 import pytest
 
 from tests.conftest import sample_request
-from tests.faults.harness import gone
+from tests.faults.harness import gone, log_time
 from tests.services import wait_for
-
-
-def log_time(event: dict) -> float:
-    """The wall-clock time of a log line, as time.time() would say."""
-    stamp = datetime.datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 @pytest.mark.slow
@@ -25,7 +18,7 @@ def log_time(event: dict) -> float:
 def test_a_child_killed_every_2s_while_500_requests_flow_loses_nothing(parent, ledger, llm):
     llm.configure(latency=0.3)
     # 2 kills a minute would already trip the default restart limit (10 per 60 s): these kills are wanted.
-    run = parent("--processes", "2", "--threads", "8", RESTART_LIMIT="1000")
+    run = parent("--processes", "2", "--threads", "4", RESTART_LIMIT="1000")
     for i in range(500):
         ledger.publish(sample_request(user_id=f"user-{i % 25}"))
 

@@ -22,6 +22,6 @@ def test_redis_down_for_the_whole_run_fails_nothing_and_counts_cache_errors(pare
     assert run.events("cache_unavailable")
     errors = wait_for(lambda: run.metric("report_worker_cache_requests_total", result="error"), 20,
                       message="no cache error counted in the parent's /metrics")
-    assert run.metric("report_worker_messages_total", outcome="success") >= 60
+    wait_for(lambda: run.metric("report_worker_messages_total", outcome="success") == 60, 20)
     figures.notes.update(cache_errors=int(errors), seconds=round(seconds, 1))
     print("\n" + figures.line())
