@@ -190,10 +190,10 @@ def test_priority_messages_go_first(consumer, broker, db, names, spawn, env):
 
 
 @pytest.mark.timeout(90)
-def test_worker_reconnects_when_the_broker_drops_its_connection(consumer, broker, db):
+def test_worker_reconnects_when_the_broker_drops_its_connection(consumer, broker, db, names):
     import subprocess
 
-    worker = consumer()
+    worker = consumer(WORKER_NAME="reconnect-" + names["MONGODB_DATABASE"])
     broker.publish(sample_request())
     broker.responses(1)
     out = subprocess.run(["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
@@ -260,3 +260,15 @@ def test_previous_input_is_read_from_redis_and_compared(consumer, broker, db):
         broker.responses(1)
     changed = {doc["request_id"]: doc["report_data"]["input_changed"] for doc in db.medical_reports.find()}
     assert changed == {first["request_id"]: None, second["request_id"]: False, third["request_id"]: True}
+
+
+@pytest.mark.timeout(60)
+def test_worker_consumes_again_after_the_broker_cancels_its_consumer(consumer, broker, db, names):
+    worker = consumer()
+    broker.channel.queue_delete(names["RABBITMQ_REQUEST_QUEUE"])  # the broker sends basic.cancel
+    worker.wait_event("consuming", count=2, timeout=20)
+    request = sample_request()
+    broker.publish(request)
+    [response] = broker.responses(1)
+    assert response["status"] == "success"
+    assert "cancelled" in worker.events("broker_connection_lost")[0]["error"]

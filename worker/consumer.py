@@ -7,7 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import pika
-from pika.exceptions import AMQPChannelError, AMQPError, ChannelClosed, NackError, UnroutableError
+from pika.exceptions import (
+    AMQPChannelError, AMQPError, ChannelClosed, ConsumerCancelled, NackError, UnroutableError,
+)
 
 from metrics.definitions import (
     BROKER_RECONNECTS, INFLIGHT, MESSAGES, PROCESSING_SECONDS, REDELIVERIES, STAGE_SECONDS,
@@ -58,6 +60,7 @@ class Consumer:
         self.stopping = False
         self.exit_code = exitcodes.OK
         self.draining = False
+        self.cancelled_by_broker = False
         self.connection: pika.BlockingConnection | None = None
         self.channel = None
         self.consumer_tag: str | None = None
@@ -110,6 +113,8 @@ class Consumer:
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
         self.channel.basic_qos(prefetch_count=self.settings.prefetch)
+        self.cancelled_by_broker = False
+        self.channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         self.consumer_tag = self.channel.basic_consume(self.settings.request_queue, self._on_message)
         log.info("consuming", queue=self.settings.request_queue, prefetch=self.settings.prefetch,
                  threads=self.settings.worker_threads)
@@ -140,6 +145,11 @@ class Consumer:
         if channel is not None and channel.is_closed:
             reason = getattr(channel, "_closing_reason", None)  # pika keeps the broker's Channel.Close here
             raise reason if isinstance(reason, AMQPError) else ChannelClosed(0, "the consuming channel closed")
+        if self.cancelled_by_broker and not self.draining:
+            raise ConsumerCancelled("the broker cancelled our consumer (queue deleted or moved)")
+
+    def _on_cancelled_by_broker(self, frame) -> None:
+        self.cancelled_by_broker = True
 
     def _start_draining(self) -> None:
         self.draining = True

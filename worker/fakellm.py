@@ -6,6 +6,7 @@ import json
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -41,6 +42,11 @@ class Server(ThreadingHTTPServer):
         self.random = random.Random(seed)
         self.connections: set[socket.socket] = set()
         self.reset()
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-answer (a killed worker, a timeout) is normal here, not an error."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def reset(self) -> None:
         with self.lock:
