@@ -59,3 +59,26 @@ def test_no_patient_value_or_secret_appears_in_logs(consumer, broker, db, llm, e
         assert value not in output, f"{value!r} leaked into the logs"
     assert "guest:guest@" in env["RABBITMQ_URL"] and "guest:***@" in output
     assert "guest:guest@" not in output
+
+
+@pytest.mark.timeout(120)
+def test_no_patient_value_appears_in_the_parent_logs_or_the_scrape(spawn, env, broker, db):
+    import urllib.request
+
+    from tests.services import free_port
+
+    port = free_port()
+    parent = spawn(["run", "--processes", "2", "--metrics-port", str(port)], {**env, "LOG_LEVEL": "DEBUG"})
+    parent.wait_event("ready", timeout=60)
+    request = sample_request(patient={"name": PHI[0], "birth_date": PHI[1], "mrn": PHI[2], "address": PHI[4]},
+                             labs=[{"name": "LDL", "value": float(PHI[3]), "unit": "mg/dL"}])
+    broker.publish(request)
+    broker.publish(dict(request, request_id="phi-invalid", plan="not a list"))
+    broker.responses(2)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        scrape = answer.read().decode()
+    assert 'report_worker_messages_total{outcome="success"} 1.0' in scrape
+    for value in PHI + [request["request_id"], request["user_id"]]:
+        assert value not in scrape, f"{value!r} appears in the scrape"
+    for value in PHI:
+        assert value not in parent.output(), f"{value!r} leaked into the logs"
