@@ -31,6 +31,20 @@ pids+=($!)
 report-worker run --processes 2 --threads 8 >"$RUN_DIR/worker.log" 2>&1 &
 pids+=($!)
 echo "demo: worker logs in ${RUN_DIR#$ROOT/}/worker.log" >&2
+METRICS_PORT="${METRICS_PORT:-9810}"
+python3 - "$METRICS_PORT" <<'PY' || { tail -20 "$RUN_DIR/worker.log" >&2; exit 1; }
+import sys, time, urllib.request
+deadline = time.monotonic() + 60
+while True:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=2)
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("demo: the worker did not become ready within 60 s")
+        time.sleep(0.3)
+PY
+echo "demo: worker ready (http://127.0.0.1:$METRICS_PORT/metrics)" >&2
 
 response="$(report-worker submit worker/data/sample_request.json --new-ids --wait 60)"
 echo "$response"
