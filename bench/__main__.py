@@ -90,6 +90,9 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict) -> dict:
         machine.update(machine or versions(urls, stack.mongodb_url))
         processes = stack.worker_processes()
         database = psutil.Process(stack.mongo.pid) if stack.mongo else None
+        others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes()}
+        others_before = {name: cpu_seconds(procs) for name, procs in others.items()}
+        machine_before = psutil.cpu_times()
         cpu_before = cpu_seconds(processes)
         db_before = cpu_seconds([database]) if database else None
         sampler = Sampler(processes)
@@ -103,12 +106,31 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict) -> dict:
         published = json.loads(times_file.read_text())
         cpu_used = cpu_seconds(processes) - cpu_before
         db_used = cpu_seconds([database]) - db_before if database else None
+        others_used = {name: cpu_seconds(procs) - others_before[name] for name, procs in others.items()}
+        machine_busy = busy_fraction(machine_before, psutil.cpu_times())
         scrape = stack.scrape()
         (workdir / "metrics.txt").write_text(scrape)
         reports = stack.reports()
     finally:
         stack.stop()
-    return figures.summarize(config, published, received, reports, scrape, cpu_used, sampler.peaks, db_used)
+    result = figures.summarize(config, published, received, reports, scrape, cpu_used, sampler.peaks, db_used)
+    answered = max(result["answered"], 1)
+    result["llm_cpu_ms_per_report"] = round(others_used["llm"] * 1000 / answered, 3)
+    result["broker_cpu_ms_per_report"] = round(others_used["broker"] * 1000 / answered, 3)
+    result["machine_cpu_busy"] = round(machine_busy, 3)
+    return result
+
+
+def broker_processes() -> list[psutil.Process]:
+    """RabbitMQ's Erlang VM when it runs on this machine (for its CPU share), else nothing."""
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("beam.smp", "beam")]
+
+
+def busy_fraction(before, after) -> float:
+    """Share of all cores' time spent not idle between two psutil.cpu_times() readings."""
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    total = sum(after) - sum(before)
+    return 1 - idle / total if total > 0 else 0.0
 
 
 def parse_args(argv):

@@ -102,7 +102,9 @@ def table_row(figures: dict) -> str:
 
 def stage_line(figures: dict) -> str:
     shares = figures.get("stage_shares") or {}
-    if not shares:
-        return "    stage shares: n/a (no scrape)"
-    return "    stage shares: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) + (
-        f"; db server cpu {figures['db_cpu_ms_per_report']} ms/report" if figures.get("db_cpu_ms_per_report") else "")
+    stages = ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) if shares else "n/a (no scrape)"
+    cpu = [f"{name} {figures[key]}" for name, key in (("db server", "db_cpu_ms_per_report"),
+           ("fake llm", "llm_cpu_ms_per_report"), ("broker", "broker_cpu_ms_per_report")) if figures.get(key)]
+    busy = figures.get("machine_cpu_busy")
+    return (f"    stage shares: {stages}\n    other cpu ms/report: {', '.join(cpu) or 'n/a'}"
+            + (f"; machine cpu busy {busy:.0%}" if busy is not None else ""))
