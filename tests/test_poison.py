@@ -64,3 +64,47 @@ def test_poison_messages_are_dead_lettered_once_and_the_worker_lives(consumer, b
     assert db.medical_reports.count_documents({}) == 1
     assert broker.depth(names["RABBITMQ_REQUEST_QUEUE"]) == 0
     assert worker.proc.poll() is None
+
+
+@pytest.fixture
+def doubles_on_the_wire(monkeypatch):
+    """Let the test's publisher send AMQP doubles, as Java or JavaScript clients do (pika can only read them)."""
+    import struct
+
+    import pika.data
+
+    original = pika.data.encode_value
+
+    def encode_value(pieces, value):
+        if isinstance(value, float):
+            pieces.append(struct.pack(">cd", b"d", value))
+            return 9
+        return original(pieces, value)
+
+    monkeypatch.setattr(pika.data, "encode_value", encode_value)
+
+
+@pytest.mark.timeout(90)
+def test_headers_pika_cannot_write_back_do_not_make_a_message_loop(consumer, broker, db, names,
+                                                                    doubles_on_the_wire):
+    """Other clients send doubles in headers (and absurd attempt counts): still one dead letter, no loop."""
+    worker = consumer()
+    broker.publish(b"{not json", headers={"x-score": 1.5, "nested": {"ratio": 0.25, "list": [2.5]}})
+    valid = sample_request()
+    broker.publish(valid, headers={"x-attempt": 1e300, "x-weight": 0.5})
+    [response] = broker.responses(1)
+    assert response["request_id"] == valid["request_id"] and response["status"] == "success"
+    dead: list = []
+
+    def dead_lettered():
+        dead.extend(broker.take(names["RABBITMQ_DLQ"]))
+        return len(dead) >= 1
+
+    wait_for(dead_lettered, 20)
+    broker.connection.sleep(1)
+    dead.extend(broker.take(names["RABBITMQ_DLQ"]))
+    assert len(dead) == 1 and dead[0][1] == b"{not json"
+    assert dead[0][0].headers["x-death-reason"] == "invalid"
+    assert dead[0][0].headers["x-score"] == 1  # pika reads doubles as integers: lossy, but writable again
+    assert worker.events("broker_connection_lost") == []
+    assert db.medical_reports.count_documents({}) == 1

@@ -16,7 +16,7 @@ from metrics.definitions import (
 )
 from worker import exitcodes
 from worker.broker import connection_parameters
-from worker.delivery import Delivery, Settlement
+from worker.delivery import Delivery, Publish, Settlement
 from worker.logs import EventLog
 from worker.settings import Settings
 from worker.topology import QueueMismatch, declare
@@ -189,11 +189,13 @@ class Consumer:
         INFLIGHT.set(len(self.pending))
 
     def _publish_confirmed(self, channel, publish) -> None:
+        """Publish and wait for the confirm. A queue of ours that has gone (UnroutableError escapes) makes
+        the consumer reconnect, which declares the queues again; the delivery is redelivered."""
         try:
             channel.basic_publish("", publish.routing_key, publish.body, publish.properties, mandatory=True)
         except UnroutableError:
             if not publish.fallback_key:
-                raise NackError([]) from None
+                raise
             log.warning("reply_to_unroutable", fallback=publish.fallback_key)
             channel.basic_publish("", publish.fallback_key, publish.body, publish.properties, mandatory=True)
 
@@ -237,10 +239,18 @@ class Consumer:
             pass  # connection gone: the broker requeues the delivery
 
     def _work(self, delivery: Delivery) -> None:
+        if delivery.channel is not self.channel:
+            return  # its channel is gone: the broker has requeued it, do not spend an LLM call on it
         if self.draining:
             delivery.settle(Settlement(requeue=True))
             return
-        self.handle(delivery)
+        try:
+            self.handle(delivery)
+        except Exception as exc:  # a bug in handling: never leave the delivery unsettled
+            log.error("handler_crashed", exc_info=exc)
+            headers = {"x-death-reason": "crash", "x-error": f"{type(exc).__name__}: {exc}"[:1000]}
+            properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
+            delivery.settle(Settlement((Publish(self.settings.dlq, delivery.body, properties),), outcome="failed"))
 
 
 def _describe(exc: BaseException) -> str:

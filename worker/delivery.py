@@ -49,7 +49,7 @@ class Delivery:
         headers = self.properties.headers or {}
         try:
             return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return 1
 
     def header(self, name: str) -> str | None:
@@ -66,3 +66,4 @@ class Delivery:
         merged = {**(self.properties.headers or {}), **headers}
         kept = {name: getattr(self.properties, name) for name in KEPT_PROPERTIES}
         return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=merged, **kept)
+

@@ -22,9 +22,13 @@ def queue_arguments(settings: Settings) -> dict[str, dict]:
         settings.response_queue: {**base, "x-message-ttl": settings.response_ttl_seconds * 1000},
         settings.dlq: dict(base),
     }
+    # quorum: the hop back to the request queue is confirmed inside the broker (at-least-once
+    # dead-lettering); classic queues dead-letter at most once, a known broker limit
+    safe_hop = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"} if base else {}
     for delay in settings.retry_delays:
         queues[settings.retry_queue(delay)] = {
             **base,
+            **safe_hop,
             "x-message-ttl": int(delay * 1000),
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": settings.request_queue,
