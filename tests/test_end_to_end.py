@@ -94,17 +94,21 @@ def test_redelivered_stored_request_is_answered_again_without_llm(consumer, brok
     assert db.medical_reports.count_documents({}) == 1
 
 
-@pytest.mark.timeout(90)
-def test_llm_errors_retry_through_delay_queues_then_succeed(consumer, broker, db, llm):
+def fail_first_llm_call_then_succeed(llm, broker, db) -> None:
+    """Publish one request while the LLM answers 500, heal the LLM after its first call, expect success."""
     llm.configure(error_rate=1.0)
-    worker = consumer()
-    request = sample_request()
-    broker.publish(request)
+    broker.publish(sample_request())
     wait_for(lambda: llm.stats()["calls"] >= 1, 20)
     llm.configure(error_rate=0.0)
     [response] = broker.responses(1, timeout=30)
     assert response["status"] == "success"
     assert db.medical_reports.count_documents({}) == 1
+
+
+@pytest.mark.timeout(90)
+def test_llm_errors_retry_through_delay_queues_then_succeed(consumer, broker, db, llm):
+    worker = consumer()
+    fail_first_llm_call_then_succeed(llm, broker, db)
     retries = worker.events("retry_scheduled")
     assert retries and retries[0]["attempt"] == 2
 
@@ -213,15 +217,8 @@ def test_worker_reconnects_when_the_broker_drops_its_connection(consumer, broker
 
 @pytest.mark.timeout(90)
 def test_quorum_queues_work_end_to_end_including_retries(consumer, broker, db, llm, names):
-    llm.configure(error_rate=1.0)
     consumer(RABBITMQ_QUEUE_TYPE="quorum")
-    request = sample_request()
-    broker.publish(request)
-    wait_for(lambda: llm.stats()["calls"] >= 1, 20)
-    llm.configure(error_rate=0.0)
-    [response] = broker.responses(1, timeout=30)
-    assert response["status"] == "success"
-    assert db.medical_reports.count_documents({}) == 1
+    fail_first_llm_call_then_succeed(llm, broker, db)
     import subprocess
     listing = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "type"], capture_output=True,
                              text=True, check=True).stdout
