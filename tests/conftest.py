@@ -211,6 +211,15 @@ class WorkerProcess:
         return wait_for(lambda: len(self.events(name)) >= count and self.events(name), timeout,
                         message=f"no {name!r} event; log:\n{self.output()[-3000:]}")
 
+    def ready_children(self) -> dict[int, int]:
+        """For `report-worker run`: index -> pid of the children that became ready and have not exited."""
+        exited = {e["child_pid"] for e in self.events("child_exited")}
+        return {e["index"]: e["child_pid"] for e in self.events("child_ready") if e["child_pid"] not in exited}
+
+    def wait_children(self, count: int, timeout: float = 20) -> dict[int, int]:
+        return wait_for(lambda: len(self.ready_children()) == count and self.ready_children(), timeout,
+                        message=f"not {count} ready children; log:\n{self.output()[-3000:]}")
+
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 

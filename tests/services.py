@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -268,3 +269,16 @@ class MongoServer:
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
         return f"<MongoServer {self._port} {state}>"
+
+
+def samples(text: str, name: str, **labels) -> list[float]:
+    """Values of every series of `name` in Prometheus text exposition whose labels include `labels`."""
+    found = []
+    for line in text.splitlines():
+        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
+        if not match or match.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
+        if all(have.get(k) == str(v) for k, v in labels.items()):
+            found.append(float(match.group(4)))
+    return found

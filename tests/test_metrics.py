@@ -20,7 +20,7 @@ from metrics.probes import Probes, service_checks
 from metrics.queues import QueuePoller
 from metrics.server import MetricsServer, build_registry
 from tests.conftest import ROOT, sample_request
-from tests.services import free_port, wait_for
+from tests.services import free_port, samples, wait_for
 from worker import settings as settings_module
 from worker.topology import declare
 
@@ -47,14 +47,8 @@ def get(url: str, accept: str | None = None, timeout: float = 10) -> tuple[int, 
 
 def series(text: str, name: str, **labels) -> float | None:
     """The value of one series in Prometheus text exposition, or None."""
-    for line in text.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
-        if all(found.get(k) == str(v) for k, v in labels.items()):
-            return float(match.group(4))
-    return None
+    found = samples(text, name, **labels)
+    return found[0] if found else None
 
 
 @pytest.fixture

@@ -40,15 +40,6 @@ class Supervisor:
     def __getattr__(self, name):
         return getattr(self.process, name)
 
-    def ready_children(self) -> dict[int, int]:
-        """index -> pid of the children that became ready and have not exited, per the parent's log."""
-        exited = {e["child_pid"] for e in self.events("child_exited")}
-        return {e["index"]: e["child_pid"] for e in self.events("child_ready") if e["child_pid"] not in exited}
-
-    def wait_children(self, count: int, timeout: float = 20) -> dict[int, int]:
-        return wait_for(lambda: len(self.ready_children()) == count and self.ready_children(), timeout,
-                        message=f"not {count} ready children; log:\n{self.output()[-3000:]}")
-
     def spawned(self) -> list[dict]:
         return self.events("child_spawned")
 

@@ -1,7 +1,6 @@
 """The parts a fault test drives: `report-worker run` as a real process, its /metrics, and rabbitmqctl."""
 
 import datetime
-import re
 import subprocess
 import time
 import urllib.request
@@ -11,7 +10,7 @@ import pika.exceptions
 import psutil
 
 from tests.conftest import RABBITMQ_URL
-from tests.services import wait_for
+from tests.services import samples, wait_for
 
 
 class Parent:
@@ -32,34 +31,13 @@ class Parent:
             return []
         return [p.pid for p in kids if _alive(p.pid)]
 
-    def consuming(self) -> dict[int, int]:
-        """index -> pid of the children that became ready and have not exited, per the log."""
-        exited = {e["child_pid"] for e in self.events("child_exited")}
-        return {e["index"]: e["child_pid"] for e in self.events("child_ready") if e["child_pid"] not in exited}
-
-    def wait_consuming(self, count: int, timeout: float = 30) -> dict[int, int]:
-        return wait_for(lambda: len(self.consuming()) == count and self.consuming(), timeout,
-                        message=f"not {count} consuming children; log:\n{self.output()[-3000:]}")
-
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
             return answer.read().decode()
 
     def metric(self, name: str, **labels) -> float:
         """The sum of every series of `name` whose labels include `labels` (0 when there is none)."""
-        return total(self.metrics(), name, **labels)
-
-
-def total(text: str, name: str, **labels) -> float:
-    found = 0.0
-    for line in text.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
-        if all(have.get(k) == str(v) for k, v in labels.items()):
-            found += float(match.group(4))
-    return found
+        return sum(samples(self.metrics(), name, **labels))
 
 
 def log_time(event: dict) -> float:

@@ -55,7 +55,7 @@ def test_a_child_killed_every_2s_while_500_requests_flow_loses_nothing(parent, l
         if successor in started:  # (it may itself have been killed before it consumed)
             consuming.append(log_time(started[successor]) - killed_at)
     assert respawn and max(respawn) < 1.0, f"a killed child was not replaced within 1 s: {respawn}"
-    run.wait_consuming(2)
+    run.wait_children(2, timeout=30)
     figures.recover_seconds = max(consuming)
     figures.notes.update(kills=len(kills), seconds=round(seconds, 1),
                          respawn_max=round(max(respawn), 3),
@@ -69,7 +69,7 @@ def test_a_child_killed_every_2s_while_500_requests_flow_loses_nothing(parent, l
 def test_the_parent_killed_mid_run_and_started_again_loses_nothing(parent, ledger, llm, broker, db, names):
     llm.configure(latency=0.5)
     first = parent("--processes", "2", "--threads", "4")
-    children = list(first.consuming().values())
+    children = list(first.ready_children().values())
     for i in range(150):
         ledger.publish(sample_request(user_id=f"user-{i % 10}"))
     wait_for(lambda: db.medical_reports.count_documents({}) >= 20, 60)
