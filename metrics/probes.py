@@ -4,7 +4,8 @@ import threading
 import time
 from typing import Callable
 
-Check = Callable[[], object]   # returns when the service answers, raises otherwise
+from worker import health
+from worker.health import Check, run_checks
 
 
 class Probes:
@@ -71,31 +72,6 @@ class Probes:
             return results
 
 
-def run_checks(checks: dict[str, Check], timeout: float) -> dict[str, dict]:
-    """Run every check in its own daemon thread; one that has not answered within `timeout` failed."""
-    results: dict[str, dict] = {}
-    threads = {}
-    for name, check in checks.items():
-        thread = threading.Thread(target=_run_one, args=(check, results, name), name=f"readyz-{name}", daemon=True)
-        thread.start()
-        threads[name] = thread
-    deadline = time.monotonic() + timeout
-    for thread in threads.values():
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return {name: results.get(name) or {"ok": False, "error": f"no answer within {timeout:g} s"}
-            for name in checks}
-
-
-def _run_one(check: Check, results: dict, name: str) -> None:
-    started = time.perf_counter()
-    try:
-        check()
-    except Exception as exc:  # any failure is the answer here, reported, not raised
-        results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
-        return
-    results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
-
-
 def _count(callable_: Callable[[], int]) -> int:
     try:
         return int(callable_())
@@ -105,6 +81,4 @@ def _count(callable_: Callable[[], int]) -> int:
 
 def service_checks(settings) -> dict[str, Check]:
     """RabbitMQ, Redis and MongoDB pings of `report-worker health` (the LLM is not a readiness gate)."""
-    from worker import health
-
-    return {name: (lambda probe=health.PROBES[name]: probe(settings)) for name in ("rabbitmq", "redis", "mongodb")}
+    return health.checks(settings, ("rabbitmq", "redis", "mongodb"))

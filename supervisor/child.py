@@ -32,7 +32,8 @@ def main(index: int, settings: Settings, beat_path: str, parent_pid: int, hang_a
         logs.configure(settings.log_level, worker=settings.name, index=index)
         die_with_parent(parent_pid)
         pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid, hang_after)
-        code = service.run(settings, pulse)
+        from metrics.events import PrometheusEvents  # TEMPORARY: the CLI will inject the child body
+        code = service.run(settings, pulse, PrometheusEvents())
         if pulse.recycle and code == exitcodes.OK:
             code = exitcodes.RECYCLE  # the parent's SIGTERM arrived after our last tick
     except BaseException:

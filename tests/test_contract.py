@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, sample_request
 from worker.errors import InvalidRequest
-from worker.pipeline import identify, scan_ids, validate
+from worker.intake import identify, scan_ids, validate
 from worker.schemas import ReportGenerationRequest, ReportGenerationResponse
 from worker.settings import SettingsError, load, parse_prices, redact_url
 

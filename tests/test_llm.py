@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from worker.errors import PermanentError, TransientError
+from metrics.events import PrometheusEvents
 from worker.fakellm import FakeLLM, add_arguments
 from worker.llm import DEFAULT_PRICES, ReportWriter, categories_for, classify, cost_of
 from worker.report import MalformedReport, ReportContent, parse_report, red_flag_text
@@ -42,7 +43,8 @@ def knowledge_for(request: ReportGenerationRequest) -> list[dict]:
 
 
 def make_writer(fake: FakeLLM, model: str = "gpt-4o-mini", timeout: float = 10.0, max_retries: int = 1) -> ReportWriter:
-    return ReportWriter(base_url=fake.url, api_key="test-key", model=model, timeout=timeout, max_retries=max_retries)
+    return ReportWriter(base_url=fake.url, api_key="test-key", model=model, timeout=timeout, max_retries=max_retries,
+                        events=PrometheusEvents())
 
 
 def llm_requests(model: str, outcome: str) -> float:
@@ -76,7 +78,7 @@ def test_generate_success_cites_only_given_entries():
     before = llm_requests("gpt-4o-mini", "success")
     with FakeLLM() as fake:
         writer = make_writer(fake)
-        result = writer.generate(request, knowledge)
+        result = writer.generate(request, categories_for(request), knowledge)
         stats = fake.stats()
     assert_valid(result, request, knowledge)
     assert {s["category"] for s in result.content["sections"]} == set(categories_for(request))
@@ -97,7 +99,7 @@ def test_red_flag_text_is_taken_verbatim():
         {"code": "x1", "level": 2},
     ])
     with FakeLLM() as fake:
-        result = make_writer(fake).generate(request, knowledge_for(request))
+        result = make_writer(fake).generate(request, categories_for(request), knowledge_for(request))
     for line in ("- Plain string flag.", "- Text field flag.", "- Description flag.", '- {"code":"x1","level":2}'):
         assert line in result.markdown
 
@@ -107,7 +109,7 @@ def test_malformed_answer_is_repaired_once():
     knowledge = knowledge_for(request)
     malformed_before = llm_requests("gpt-4.1", "malformed")
     with FakeLLM(malformed_first=1) as fake:
-        result = make_writer(fake, model="gpt-4.1").generate(request, knowledge)
+        result = make_writer(fake, model="gpt-4.1").generate(request, categories_for(request), knowledge)
         stats = fake.stats()
     assert_valid(result, request, knowledge)
     assert stats["by_request"] == {request.request_id: 2}
@@ -121,7 +123,7 @@ def test_always_malformed_is_transient():
     request = make_request()
     with FakeLLM(malformed_rate=1.0) as fake:
         with pytest.raises(TransientError, match="malformed"):
-            make_writer(fake).generate(request, knowledge_for(request))
+            make_writer(fake).generate(request, categories_for(request), knowledge_for(request))
         assert fake.stats()["by_request"] == {request.request_id: 2}
 
 
@@ -130,7 +132,7 @@ def test_server_error_is_transient_after_the_client_retry():
     before = llm_requests("fake-5xx", "error")
     with FakeLLM(error_rate=1.0) as fake:
         with pytest.raises(TransientError):
-            make_writer(fake, model="fake-5xx").generate(request, knowledge_for(request))
+            make_writer(fake, model="fake-5xx").generate(request, categories_for(request), knowledge_for(request))
         stats = fake.stats()
     assert stats["calls"] == 2 and stats["status"] == {"500": 2}
     assert llm_requests("fake-5xx", "error") == before + 1
@@ -142,7 +144,7 @@ def test_rate_limit_is_transient_after_waiting_retry_after():
     with FakeLLM(rate_limit_rate=1.0) as fake:
         started = time.monotonic()
         with pytest.raises(TransientError, match="429"):
-            make_writer(fake, model="fake-429").generate(request, knowledge_for(request))
+            make_writer(fake, model="fake-429").generate(request, categories_for(request), knowledge_for(request))
         waited = time.monotonic() - started
         stats = fake.stats()
     assert stats["status"] == {"429": 2} and stats["by_request"] == {request.request_id: 2}
@@ -155,7 +157,7 @@ def test_hanging_server_times_out_as_transient():
     before = llm_requests("fake-hang", "timeout")
     with FakeLLM(timeout_rate=1.0, hang_seconds=30) as fake:
         with pytest.raises(TransientError, match="timed out"):
-            make_writer(fake, model="fake-hang", timeout=0.5, max_retries=0).generate(request, knowledge_for(request))
+            make_writer(fake, model="fake-hang", timeout=0.5, max_retries=0).generate(request, categories_for(request), knowledge_for(request))
         assert fake.stats()["calls"] == 1
     assert llm_requests("fake-hang", "timeout") == before + 1
 
@@ -165,7 +167,7 @@ def test_concurrent_generate_calls_all_valid():
     with FakeLLM(latency=0.5, jitter=0.2) as fake:
         writer = make_writer(fake)
         with ThreadPoolExecutor(max_workers=32) as pool:
-            results = list(pool.map(lambda r: writer.generate(r, knowledge_for(r)), requests))
+            results = list(pool.map(lambda r: writer.generate(r, categories_for(r), knowledge_for(r)), requests))
         stats = fake.stats()
     assert stats["calls"] == 32
     assert stats["by_request"] == {r.request_id: 1 for r in requests}
@@ -244,7 +246,7 @@ def test_fake_control_and_reset_over_http():
         assert info.value.code == 400
         request = make_request()
         with pytest.raises(TransientError):
-            make_writer(fake).generate(request, knowledge_for(request))
+            make_writer(fake).generate(request, categories_for(request), knowledge_for(request))
         post("/_reset", {})
         stats = json.load(urllib.request.urlopen(base + "/_stats", timeout=5))
         assert stats == {"calls": 0, "by_request": {}, "status": {}}

@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from metrics.definitions import CACHE_REQUESTS
+from worker.events import NO_EVENTS, Events
 from worker.logs import EventLog
 
 log = EventLog(__name__)
@@ -15,8 +15,10 @@ log = EventLog(__name__)
 class Cache:
     """Keys `input:{user_id}` and `report:{report_id}`, behind an optional prefix."""
 
-    def __init__(self, url: str, prefix: str, input_ttl: int, report_ttl: int, pause_after_error: float = 2.0):
-        self.client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    def __init__(self, client: redis.Redis, prefix: str, input_ttl: int, report_ttl: int,
+                 events: Events = NO_EVENTS, pause_after_error: float = 2.0):
+        self.client = client
+        self.events = events
         self.prefix = prefix
         self.input_ttl = input_ttl
         self.report_ttl = report_ttl
@@ -45,15 +47,15 @@ class Cache:
 
     def _call(self, cache: str, command: str, *args, **kwargs):
         if time.monotonic() < self._down_until:
-            CACHE_REQUESTS.labels(cache, "error").inc()
+            self.events.cache_result(cache, "error")
             return None
         try:
             result = getattr(self.client, command)(*args, **kwargs)
         except redis.RedisError as exc:
             self._down_until = time.monotonic() + self.pause_after_error
-            CACHE_REQUESTS.labels(cache, "error").inc()
+            self.events.cache_result(cache, "error")
             log.warning("cache_unavailable", cache=cache, error=type(exc).__name__)
             return None
         if kwargs.get("get") or command == "get":
-            CACHE_REQUESTS.labels(cache, "hit" if result is not None else "miss").inc()
+            self.events.cache_result(cache, "hit" if result is not None else "miss")
         return result

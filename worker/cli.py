@@ -31,7 +31,7 @@ def cmd_consume(args) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log_level, worker=settings.name)
-    code = service.run(settings)
+    code = service.run(settings)  # one process, no metrics endpoint: nothing to record into
     _exit_now(code)
 
 
@@ -72,11 +72,10 @@ def cmd_dlq(args) -> int:
 
 
 def cmd_kb(args) -> int:
-    from worker import kbfiles
-    from worker.store import Store
+    from worker import clients, kbfiles
 
     settings = _settings(args)
-    store = Store(settings.mongodb_url, settings.mongodb_database, settings.mongodb_timeout_seconds)
+    store = clients.store(settings)
     try:
         if args.action == "import":
             store.ensure_indexes()
@@ -91,10 +90,10 @@ def cmd_kb(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from worker.store import Store
+    from worker import clients
 
     settings = _settings(args)
-    store = Store(settings.mongodb_url, settings.mongodb_database, settings.mongodb_timeout_seconds)
+    store = clients.store(settings)
     try:
         key = "request_id" if args.request else "report_id"
         report = store.reports.find_one({key: args.id}, {"_id": 0})
@@ -108,14 +107,14 @@ def cmd_show(args) -> int:
 
 
 def cmd_fake_llm(args) -> int:
-    from worker import fakellm
+    from worker import fakellm  # test and demo tooling: imported only for this command
 
-    return fakellm.run(args)
+    options = argparse.ArgumentParser(prog="report-worker fake-llm", description=fakellm.__doc__)
+    fakellm.add_arguments(options)
+    return fakellm.run(options.parse_args(args.options))
 
 
 def parser() -> argparse.ArgumentParser:
-    from worker import fakellm
-
     top = argparse.ArgumentParser(prog="report-worker", description=__doc__)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="TOML settings file (environment overrides it)")
@@ -167,8 +166,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="the whole stored document as JSON")
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("fake-llm", help="serve an OpenAI-compatible fake LLM for tests and demos")
-    fakellm.add_arguments(p)
+    p = sub.add_parser("fake-llm", add_help=False, help="serve an OpenAI-compatible fake LLM for tests and demos "
+                       "(report-worker fake-llm --help lists its options)")
+    p.add_argument("options", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_fake_llm)
     return top
 

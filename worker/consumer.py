@@ -4,6 +4,7 @@ import functools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import pika
@@ -11,12 +12,10 @@ from pika.exceptions import (
     AMQPChannelError, AMQPError, ChannelClosed, ConsumerCancelled, NackError, UnroutableError,
 )
 
-from metrics.definitions import (
-    BROKER_RECONNECTS, INFLIGHT, MESSAGES, PROCESSING_SECONDS, REDELIVERIES, STAGE_SECONDS,
-)
 from worker import exitcodes
 from worker.broker import connection_parameters
-from worker.delivery import Delivery, Publish, Settlement
+from worker.delivery import Delivery, Settlement
+from worker.events import NO_EVENTS, Events, timed
 from worker.logs import EventLog
 from worker.settings import Settings
 from worker.topology import QueueMismatch, declare
@@ -45,18 +44,29 @@ class Backoff:
         self.attempts = 0
 
 
+@dataclass(frozen=True)
+class Status:
+    """What the supervisor may know of a consumer: its phase and how many messages it settled / holds."""
+
+    phase: str      # connecting (no channel yet, or reconnecting), consuming, draining
+    settled: int
+    inflight: int
+
+
 class Consumer:
-    """Consume the request queue; `handle(delivery)` runs on a worker thread and settles the delivery."""
+    """Consume the request queue; `handle(delivery)` decides on a worker thread, the I/O thread settles."""
 
     def __init__(
         self,
         settings: Settings,
-        handle: Callable[[Delivery], None],
+        handle: Callable[[Delivery], Settlement],
         on_tick: Callable[["Consumer"], None] | None = None,
+        events: Events = NO_EVENTS,
     ):
         self.settings = settings
         self.handle = handle
         self.on_tick = on_tick
+        self.events = events
         self.stopping = False
         self.exit_code = exitcodes.OK
         self.draining = False
@@ -75,6 +85,15 @@ class Consumer:
         self.exit_code = code
         self.stopping = True
 
+    def status(self) -> Status:
+        if self.draining or self.stopping:
+            phase = "draining"
+        elif self.channel is None:
+            phase = "connecting"
+        else:
+            phase = "consuming"
+        return Status(phase, self.settled, len(self.pending))
+
     # ---- the I/O thread ---------------------------------------------------------------------
 
     def run(self) -> int:
@@ -86,7 +105,7 @@ class Consumer:
                 try:
                     self._connect()
                     if connected_once:
-                        BROKER_RECONNECTS.inc()
+                        self.events.broker_reconnected()
                     connected_once = True
                     backoff.reset()
                     self._serve()
@@ -158,11 +177,10 @@ class Consumer:
             self.channel.basic_cancel(self.consumer_tag)
 
     def _on_message(self, channel, method, properties, body) -> None:
-        delivery = Delivery(body, properties, method.delivery_tag, method.redelivered, channel, self._settle_threadsafe)
+        delivery = Delivery(body, properties, method.delivery_tag, method.redelivered, channel)
         self.pending[delivery.tag] = delivery
-        INFLIGHT.set(len(self.pending))
-        if method.redelivered:
-            REDELIVERIES.inc()
+        self.events.inflight_changed(len(self.pending))
+        self.events.message_received(method.redelivered)
         self.executor.submit(self._work, delivery)
 
     def _settle(self, delivery: Delivery, settlement: Settlement) -> None:
@@ -174,19 +192,17 @@ class Consumer:
             if settlement.requeue:
                 channel.basic_nack(delivery.tag, requeue=True)
             else:
-                started = time.perf_counter()
-                for publish in settlement.publishes:
-                    self._publish_confirmed(channel, publish)
-                STAGE_SECONDS.labels("publish").observe(time.perf_counter() - started)
+                with timed(self.events, "publish"):
+                    for publish in settlement.publishes:
+                        self._publish_confirmed(channel, publish)
                 channel.basic_ack(delivery.tag)
-                MESSAGES.labels(settlement.outcome).inc()
-                PROCESSING_SECONDS.observe(time.monotonic() - delivery.received_at)
+                self.events.message_settled(settlement.outcome, time.monotonic() - delivery.received_at)
         except NackError:
             log.warning("publish_not_confirmed", tag=delivery.tag)
             channel.basic_nack(delivery.tag, requeue=True)
         del self.pending[delivery.tag]
         self.settled += 1
-        INFLIGHT.set(len(self.pending))
+        self.events.inflight_changed(len(self.pending))
 
     def _publish_confirmed(self, channel, publish) -> None:
         """Publish and wait for the confirm. A queue of ours that has gone (UnroutableError escapes) makes
@@ -203,7 +219,7 @@ class Consumer:
         if self.pending:
             log.info("deliveries_returned_to_broker", count=len(self.pending))
         self.pending.clear()
-        INFLIGHT.set(0)
+        self.events.inflight_changed(0)
         self.channel = None
         if self.connection is not None and self.connection.is_open:
             try:
@@ -242,15 +258,14 @@ class Consumer:
         if delivery.channel is not self.channel:
             return  # its channel is gone: the broker has requeued it, do not spend an LLM call on it
         if self.draining:
-            delivery.settle(Settlement(requeue=True))
+            self._settle_threadsafe(delivery, Settlement(requeue=True))
             return
         try:
-            self.handle(delivery)
-        except Exception as exc:  # a bug in handling: never leave the delivery unsettled
+            settlement = self.handle(delivery)
+        except Exception as exc:  # handle() never raises; if it did, the message must not stay unsettled
             log.error("handler_crashed", exc_info=exc)
-            headers = {"x-death-reason": "crash", "x-error": f"{type(exc).__name__}: {exc}"[:1000]}
-            properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=headers)
-            delivery.settle(Settlement((Publish(self.settings.dlq, delivery.body, properties),), outcome="failed"))
+            settlement = Settlement(requeue=True)
+        self._settle_threadsafe(delivery, settlement)
 
 
 def _describe(exc: BaseException) -> str:

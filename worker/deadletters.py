@@ -7,7 +7,7 @@ import pika
 
 from worker.broker import channel
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER
-from worker.pipeline import identify
+from worker.intake import identify
 from worker.settings import Settings
 
 DEAD_LETTER_HEADERS = ("x-death-reason", "x-error", "x-error-class", "x-attempts", "x-original-queue",

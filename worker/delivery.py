@@ -1,9 +1,7 @@
-"""A delivery as a small value: what arrived, and how to settle it on the connection's own thread."""
+"""A delivery as a small value (what arrived), and the settlement that says how it ends."""
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
-
 import pika
 
 ATTEMPT_HEADER = "x-attempt"
@@ -27,7 +25,8 @@ class Publish:
 
 @dataclass(frozen=True)
 class Settlement:
-    """Publish these (confirmed), then ack; or, with requeue, nack back to the queue and publish nothing."""
+    """How a delivery ends: publish these (each confirmed), then ack; or, with requeue, nack it back to the
+    queue and publish nothing. `outcome` is what the metrics count."""
 
     publishes: tuple[Publish, ...] = ()
     requeue: bool = False
@@ -36,12 +35,13 @@ class Settlement:
 
 @dataclass
 class Delivery:
+    """One message as it arrived on `channel`; the handler reads it, only the consumer settles it."""
+
     body: bytes
     properties: pika.BasicProperties
     tag: int
     redelivered: bool
     channel: object
-    settle_on_io_thread: Callable[["Delivery", Settlement], None]
     received_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -57,9 +57,6 @@ class Delivery:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         return value if isinstance(value, str) else None
-
-    def settle(self, settlement: Settlement) -> None:
-        self.settle_on_io_thread(self, settlement)
 
     def copy_properties(self, **headers) -> pika.BasicProperties:
         """The original properties, persistent, with extra headers merged in."""

@@ -4,14 +4,15 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from metrics.definitions import CACHE_REQUESTS
+from worker.events import NO_EVENTS, Events
 
 
 class KnowledgeCache:
     """Wraps a loader `(categories) -> entries`; one answer per category set for `ttl` seconds."""
 
-    def __init__(self, load: Callable[[Iterable[str]], list[dict]], ttl: float):
+    def __init__(self, load: Callable[[Iterable[str]], list[dict]], ttl: float, events: Events = NO_EVENTS):
         self._load = load
+        self._events = events
         self._ttl = ttl
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, ...], tuple[float, list[dict]]] = {}
@@ -22,9 +23,9 @@ class KnowledgeCache:
         with self._lock:
             cached = self._entries.get(key)
         if cached and cached[0] > now:
-            CACHE_REQUESTS.labels("knowledge", "hit").inc()
+            self._events.cache_result("knowledge", "hit")
             return cached[1]
-        CACHE_REQUESTS.labels("knowledge", "miss").inc()
+        self._events.cache_result("knowledge", "miss")
         entries = self._load(key)
         if self._ttl > 0:
             with self._lock:

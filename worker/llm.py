@@ -9,9 +9,9 @@ from typing import Any
 
 import openai
 
-from metrics.definitions import LLM_COST, LLM_REQUESTS, LLM_SECONDS, LLM_TOKENS
 from worker.errors import PermanentError, TransientError
 from worker.report import REPORT_SHAPE, MalformedReport, assemble_content, parse_report, render_markdown
+from worker.events import NO_EVENTS, Events
 from worker.schemas import ReportGenerationRequest
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -95,17 +95,20 @@ class ReportWriter:
         timeout: float,
         max_retries: int = 1,
         prices: Mapping[str, tuple[float, float]] | None = None,
+        events: Events = NO_EVENTS,
     ) -> None:
         self.model = model
+        self._events = events
         self._timeout = timeout
         self._prices = dict(prices if prices is not None else DEFAULT_PRICES)
         self._client = openai.OpenAI(
             base_url=base_url or DEFAULT_BASE_URL, api_key=api_key, timeout=timeout, max_retries=max_retries
         )
 
-    def generate(self, request: ReportGenerationRequest, knowledge: Sequence[Mapping]) -> GeneratedReport:
-        """One report for `request`, citing only `knowledge`; raises TransientError or PermanentError."""
-        messages = build_messages(request, knowledge)
+    def generate(self, request: ReportGenerationRequest, categories: Sequence[str],
+                 knowledge: Sequence[Mapping]) -> GeneratedReport:
+        """One report for `request` on `categories`, citing only `knowledge`; raises TransientError or PermanentError."""
+        messages = build_messages(request, categories, knowledge)
         calls: list[Completion] = []
         for _ in range(2):
             calls.append(self._complete(messages))
@@ -140,38 +143,35 @@ class ReportWriter:
         self._client.close()
 
     def _complete(self, messages: list[dict]) -> Completion:
-        """One chat completion call, its failures mapped to our two error classes and metered."""
+        """One chat completion call; its failures are mapped to our two error classes and reported."""
         started = time.monotonic()
         try:
             response = self._client.chat.completions.create(
                 model=self.model, messages=messages, response_format={"type": "json_object"}
             )
         except openai.APIError as exc:
-            LLM_SECONDS.labels(self.model).observe(time.monotonic() - started)
             outcome, error = classify(exc)
-            LLM_REQUESTS.labels(self.model, outcome).inc()
+            self._events.llm_call_finished(self.model, outcome, time.monotonic() - started)
             raise error from exc
         seconds = time.monotonic() - started
-        LLM_SECONDS.labels(self.model).observe(seconds)
         usage = response.usage
         prompt = usage.prompt_tokens if usage else 0
         completion = usage.completion_tokens if usage else 0
         cost = cost_of(self._prices, self.model, prompt, completion)
-        LLM_TOKENS.labels(self.model, "prompt").inc(prompt)
-        LLM_TOKENS.labels(self.model, "completion").inc(completion)
-        LLM_COST.labels(self.model).inc(cost)
         text = response.choices[0].message.content if response.choices else None
         return Completion(text, response.model or self.model, prompt, completion, cost, seconds)
 
     def _accept(self, call: Completion, knowledge: Sequence[Mapping]):
-        """Validate one answer, counting it as a success or as malformed."""
+        """Validate one answer and report the call as a success or as malformed."""
+        outcome = "success"
         try:
-            result = parse_report(call.text, knowledge)
+            return parse_report(call.text, knowledge)
         except MalformedReport:
-            LLM_REQUESTS.labels(self.model, "malformed").inc()
+            outcome = "malformed"
             raise
-        LLM_REQUESTS.labels(self.model, "success").inc()
-        return result
+        finally:
+            self._events.llm_call_finished(self.model, outcome, call.seconds, call.prompt_tokens,
+                                           call.completion_tokens, call.cost_usd)
 
 
 def classify(exc: openai.APIError) -> tuple[str, Exception]:
@@ -194,11 +194,12 @@ def cost_of(prices: Mapping[str, tuple[float, float]], model: str, prompt: int, 
     return prompt / 1e6 * price_in + completion / 1e6 * price_out
 
 
-def build_messages(request: ReportGenerationRequest, knowledge: Sequence[Mapping]) -> list[dict]:
+def build_messages(request: ReportGenerationRequest, categories: Sequence[str],
+                   knowledge: Sequence[Mapping]) -> list[dict]:
     """The system prompt and the user message, a JSON document with the numbered knowledge entries."""
     document = {
         "request_id": request.request_id,
-        "categories": categories_for(request),
+        "categories": list(categories),
         "patient": request.patient,
         "labs": request.labs,
         "cvd_summary": request.cvd_summary,

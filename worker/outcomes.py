@@ -1,4 +1,4 @@
-"""How a delivery ends, decided from the pipeline's result or error class alone."""
+"""How a delivery ends, decided from the pipeline's result or error class alone; the consumer carries it out."""
 
 import time
 import uuid
@@ -8,8 +8,9 @@ import pika
 
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
 from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError
+from worker.intake import validate
 from worker.logs import EventLog
-from worker.pipeline import Pipeline, identify
+from worker.pipeline import Pipeline
 from worker.schemas import ReportGenerationResponse
 from worker.settings import Settings
 
@@ -17,33 +18,40 @@ log = EventLog(__name__)
 MAX_REASON_CHARS = 1000
 
 
-def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> None:
-    """Run the pipeline for one delivery (on a worker thread) and settle it."""
+def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settlement:
+    """Decide how one delivery ends (on a worker thread). Never raises: a bug dead-letters it as `crash`."""
+    try:
+        return decide(delivery, pipeline, settings)
+    except Exception as exc:
+        log.error("handler_crashed", exc_info=exc)
+        return give_up(delivery, settings, exc, "failed", "", "", death_reason="crash")
+
+
+def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settlement:
     started = time.perf_counter()
     attempt = delivery.attempt
     claim = delivery.header(CLAIM_HEADER) or uuid.uuid4().hex  # kept by every retry of this message
     try:
-        response = pipeline.process(delivery.body, content_type=delivery.properties.content_type,
-                                    signature=delivery.header(SIGNATURE_HEADER), redelivered=delivery.redelivered,
-                                    claim=claim)
-    except InProgress as exc:
-        settlement = retry(delivery, settings, attempt, exc, claim, shortest=True)
+        request = validate(delivery.body, settings.max_message_bytes, delivery.properties.content_type,
+                           delivery.header(SIGNATURE_HEADER), settings.request_signing_key)
     except InvalidRequest as exc:
-        settlement = give_up(delivery, settings, exc, "invalid", exc.request_id, exc.user_id)
+        return give_up(delivery, settings, exc, "invalid", exc.request_id, exc.user_id)
+    ids = (request.request_id, request.user_id)
+    try:
+        response = pipeline.process(request, claim=claim, redelivered=delivery.redelivered)
+    except InProgress as exc:
+        return retry(delivery, settings, attempt, exc, claim, request.request_id, shortest=True)
     except PermanentError as exc:
-        settlement = give_up(delivery, settings, exc, "failed", *identify(delivery.body))
+        return give_up(delivery, settings, exc, "failed", *ids)
     except Exception as exc:
         if not isinstance(exc, TransientError):
             log.error("unexpected_error", exc_info=exc, attempt=attempt)
         if attempt <= settings.max_retries:
-            settlement = retry(delivery, settings, attempt + 1, exc, claim)
-        else:
-            settlement = give_up(delivery, settings, exc, "dead_lettered", *identify(delivery.body))
-    else:
-        settlement = Settlement((respond(delivery, settings, response),), outcome="success")
-        log.info("report_done", request_id=response.request_id, report_id=response.report_id,
-                 attempt=attempt, seconds=round(time.perf_counter() - started, 4))
-    delivery.settle(settlement)
+            return retry(delivery, settings, attempt + 1, exc, claim, request.request_id)
+        return give_up(delivery, settings, exc, "dead_lettered", *ids)
+    log.info("report_done", request_id=response.request_id, report_id=response.report_id,
+             attempt=attempt, seconds=round(time.perf_counter() - started, 4))
+    return Settlement((respond(delivery, settings, response),), outcome="success")
 
 
 def respond(delivery: Delivery, settings: Settings, response: ReportGenerationResponse) -> Publish:
@@ -60,25 +68,24 @@ def respond(delivery: Delivery, settings: Settings, response: ReportGenerationRe
 
 
 def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseException, claim: str,
-          shortest: bool = False) -> Settlement:
+          request_id: str, shortest: bool = False) -> Settlement:
     """Park a copy in the delay queue for `attempt`; it comes back to the request queue after the delay.
 
     The copy carries the claim token, so it may take back a claim this attempt could not release."""
     delay = min(settings.retry_delays) if shortest else settings.retry_delay(attempt)
-    log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc),
-                request_id=identify(delivery.body)[0])
+    log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc), request_id=request_id)
     properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt, CLAIM_HEADER: claim})
     publish = Publish(settings.retry_queue(delay), delivery.body, properties)
     return Settlement((publish,), outcome="retried")
 
 
 def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome: str,
-            request_id: str, user_id: str) -> Settlement:
+            request_id: str, user_id: str, death_reason: str = "") -> Settlement:
     """A `failed` response (when the ids can be read) and the original message into the DLQ."""
     reason = _reason(exc)
     log.warning("dead_lettered", outcome=outcome, attempt=delivery.attempt, error=reason, request_id=request_id)
     headers = {
-        "x-death-reason": outcome,
+        "x-death-reason": death_reason or outcome,
         "x-error": reason,
         "x-error-class": type(exc).__name__,
         "x-attempts": delivery.attempt,
