@@ -1,18 +1,18 @@
-"""Content headers whose properties pika cannot decode arrive as marked messages instead of killing our connection.
+"""Content headers whose properties pika cannot decode arrive as marked messages instead of killing our connection."""
 
-pika decodes every frame in `Connection._read_frame`; when `BasicProperties.decode` raises there (a headers
-table holding a 'T' timestamp at or past year 10000, an array nested too deep for Python's stack, ...), the
-exception escapes the socket read, pika aborts the transport, every unacked delivery of the connection goes
-back to the queue, and the bad message comes back forever. Our connections use `SafeSelectConnection`,
-whose `_read_frame` lets pika decode as before and, only when a content header's properties raise, builds
-the header itself: body size from the frame, every property that can be read (the headers table is skipped
-by its length prefix), and `headers = {MARKER: reason}`. The body frames that follow are untouched, the
-consumer's callback runs, and the consumer dead-letters the message once (`undecodable(properties)`).
-
-No global patch: other pika connections in the process keep pika's behaviour. Relies on two pika internals
-(the `_impl_class` argument of BlockingConnection and `Connection._read_frame`); import fails loudly if the
-second goes away, and tests/test_frames.py fails if either stops being used.
-"""
+# pika decodes every frame in `Connection._read_frame`; when `BasicProperties.decode` raises there (a headers
+# table holding a 'T' timestamp at or past year 10000, an array nested too deep for Python's stack, ...), the
+# exception escapes the socket read, pika aborts the transport, every unacked delivery of the connection goes
+# back to the queue, and the bad message comes back forever. Our connections use `SafeSelectConnection`,
+# whose `_read_frame` lets pika decode as before and, only when a content header's properties raise, builds
+# the header itself: body size from the frame, every property that can be read (the headers table is skipped
+# by its length prefix), and `headers = {MARKER: reason}`. The body frames that follow are untouched, the
+# consumer's callback runs, and the consumer dead-letters the message once (`undecodable(properties)`).
+#
+# No global patch: other pika connections in the process keep pika's behaviour. Relies on two pika internals
+# (the `_impl_class` argument of BlockingConnection and `Connection._read_frame`); import fails loudly if the
+# second goes away (it does on pika's master after 1.4.4, which also fixes the 'T' case: pika#1698/#1699),
+# and tests/test_frames.py fails if either stops being used.
 
 import struct
 from typing import Optional
