@@ -1,7 +1,8 @@
 """Turn one run's raw timings, scrape and process samples into the figures we report."""
 
-import re
 from collections import Counter
+
+from tests.services import series
 
 STAGES = ("cache", "user", "knowledge", "llm", "store", "publish")
 
@@ -16,16 +17,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def metric_sums(text: str, name: str, label: str | None = None) -> dict[str, float] | float:
     """Sum a metric's samples from exposition text, by one label's value when `label` is given."""
-    pattern = re.compile(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.eE+-]+|NaN)$", re.M)
     by_label: dict[str, float] = {}
     total = 0.0
-    for labels, value in pattern.findall(text):
-        number = float(value)
-        total += number
-        if label:
-            match = re.search(rf'{label}="([^"]*)"', labels or "")
-            key = match.group(1) if match else ""
-            by_label[key] = by_label.get(key, 0.0) + number
+    for found, labels, value in series(text):
+        if found == name:
+            total += value
+            key = labels.get(label, "") if label else ""
+            by_label[key] = by_label.get(key, 0.0) + value
     return by_label if label else total
 
 

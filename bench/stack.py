@@ -16,7 +16,7 @@ import redis
 from pymongo import MongoClient
 
 from bench.scenarios import RunConfig
-from tests.services import MongoServer, free_port, wait_for
+from tests.services import MongoServer, free_port, queues_of, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 KNOWLEDGE = ROOT / "worker" / "data" / "knowledge_base.json"
@@ -39,6 +39,8 @@ class Stack:
         self.mongo: MongoServer | None = None
         self.llm: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
+        self.worker_env = {"RABBITMQ_REQUEST_QUEUE": self.queues["request"],
+                           "RABBITMQ_RESPONSE_QUEUE": self.queues["response"], "RABBITMQ_DLQ": self.queues["dlq"]}
 
     @property
     def queues(self) -> dict:
@@ -85,6 +87,7 @@ class Stack:
             "METRICS_PORT": str(self.metrics_port),
             "LOG_LEVEL": "WARNING",
         }
+        self.worker_env = env
         args = cli("run", "--processes", str(c.processes), "--threads", str(c.threads),
                    "--prefetch", str(c.prefetch or c.threads))
         self.worker = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(self.workdir / "worker.log", "wb"),
@@ -139,7 +142,7 @@ class Stack:
     def _drop_everything(self) -> None:
         connection = pika.BlockingConnection(pika.URLParameters(self.urls["rabbitmq"]))
         channel = connection.channel()
-        for name in list(self.queues.values()) + [f"{self.queues['request']}.retry.{d}s" for d in (5, 30, 300)]:
+        for name in queues_of(self.worker_env).values():
             channel.queue_delete(name)
         connection.close()
         if self.urls.get("mongodb"):

@@ -11,6 +11,7 @@ from pika.exceptions import AMQPError, ChannelClosedByBroker
 from worker.broker import connection_parameters
 from worker.logs import EventLog
 from worker.settings import Settings
+from worker.topology import queue_names
 
 log = EventLog(__name__)
 
@@ -27,14 +28,6 @@ class _QuietNotFound(logging.Filter):
 
 
 _QUIET = _QuietNotFound()
-
-
-def queue_roles(settings: Settings) -> dict[str, str]:
-    """Label value -> queue name. Roles, not names, so dashboards and alerts work for any naming."""
-    roles = {"request": settings.request_queue, "response": settings.response_queue, "dlq": settings.dlq}
-    for delay in settings.retry_delays:
-        roles[f"retry_{delay:g}s"] = settings.retry_queue(delay)
-    return roles
 
 
 class QueuePoller:
@@ -90,7 +83,7 @@ class QueuePoller:
             try:
                 if connection is None or not connection.is_open:
                     connection = self._connect(self.settings)
-                self._publish(poll(connection, queue_roles(self.settings)))
+                self._publish(poll(connection, queue_names(self.settings)))
                 self.polled_at = time.monotonic()
                 failures = 0
             except (AMQPError, OSError) as exc:

@@ -1,5 +1,6 @@
 """Shared fixtures: a fresh Mongo stand-in, the fake LLM, per-test names, worker processes, broker helpers."""
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import pika
 import pytest
 import redis
 
-from tests.services import MongoServer, wait_for
+from tests.services import MongoServer, queues_of, wait_for
 from worker.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,13 +149,17 @@ def env(names, mongo, llm):
 
 
 @pytest.fixture
-def broker(names):
+def declared(names) -> set[str]:
+    """Every queue a worker of this test may declare (the project's topology code names them); deleted after."""
+    return set(queues_of(names).values())
+
+
+@pytest.fixture
+def broker(names, declared):
     b = Broker(names)
     yield b
-    queues = list(names[k] for k in ("RABBITMQ_REQUEST_QUEUE", "RABBITMQ_RESPONSE_QUEUE", "RABBITMQ_DLQ"))
-    queues += [f"{names['RABBITMQ_REQUEST_QUEUE']}.retry.{d}s" for d in ("0.3", "0.6", "0.2", "0.4", "1", "5", "30", "300")]
     try:
-        b.delete_queues(queues)
+        b.delete_queues(sorted(declared))
     finally:
         b.close()
 
@@ -238,11 +243,14 @@ class WorkerProcess:
 
 
 @pytest.fixture
-def spawn(tmp_path):
+def spawn(tmp_path, declared):
     """spawn(args, env) starts a real worker process; all are stopped after the test."""
     started: list[WorkerProcess] = []
 
     def start(args: list[str], env: dict) -> WorkerProcess:
+        if env.get("RABBITMQ_REQUEST_QUEUE"):
+            with contextlib.suppress(Exception):  # a test of a bad configuration declares nothing
+                declared.update(queues_of(env).values())
         worker = WorkerProcess(args, env, tmp_path / f"worker-{len(started)}.log")
         started.append(worker)
         return worker

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-import re
 import shutil
 import signal
 import socket
@@ -271,14 +270,27 @@ class MongoServer:
         return f"<MongoServer {self._port} {state}>"
 
 
+def queues_of(environ: dict) -> dict[str, str]:
+    """The queues a worker with this environment declares, by role, from the project's own topology code."""
+    from worker.settings import load
+    from worker.topology import queue_names
+
+    keys = ("RABBITMQ_REQUEST_QUEUE", "RABBITMQ_RESPONSE_QUEUE", "RABBITMQ_DLQ", "RETRY_DELAYS")
+    names = {key: environ[key] for key in keys if environ.get(key)}
+    assert "RABBITMQ_REQUEST_QUEUE" in names, "no queue names of a test or bench run: refusing the defaults"
+    return queue_names(load(environ={"OPENAI_BASE_URL": "http://unused", **names}))
+
+
+def series(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample in Prometheus text exposition as (name, labels, value): the one parser of tests and bench."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
 def samples(text: str, name: str, **labels) -> list[float]:
     """Values of every series of `name` in Prometheus text exposition whose labels include `labels`."""
-    found = []
-    for line in text.splitlines():
-        match = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? (\S+)$", line)
-        if not match or match.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
-        if all(have.get(k) == str(v) for k, v in labels.items()):
-            found.append(float(match.group(4)))
-    return found
+    wanted = {key: str(value) for key, value in labels.items()}
+    return [value for found, have, value in series(text)
+            if found == name and all(have.get(k) == v for k, v in wanted.items())]

@@ -14,9 +14,7 @@ from tests.conftest import RABBITMQ_URL, sample_request
 from tests.rawamqp import RawPublisher, entry, nested, property_bytes, table, timestamp
 from worker import frames
 from worker.delivery import Delivery
-from worker.errors import InvalidRequest
-from worker.outcomes import give_up
-from worker.pipeline import identify
+from worker.outcomes import handle
 from worker.settings import load
 
 YEAR_10000 = 253402300800  # 10000-01-01T00:00:00Z, one second past what datetime can hold
@@ -224,7 +222,7 @@ def test_a_timestamp_property_past_year_9999_is_read_by_pika_as_a_plain_integer(
 
 
 def test_dead_lettered_once_with_a_failed_response_and_no_redelivery(queues, broker):
-    """What the consumer does with a marked delivery (outcomes.give_up, then publish and ack)."""
+    """What the consumer does with a marked delivery: the handler dead-letters it without touching the pipeline."""
     settings = load({"OPENAI_API_KEY": "k", "RABBITMQ_URL": RABBITMQ_URL, **queues})
     request = sample_request(request_id="frames-1")
     properties = spec.BasicProperties(**{**KEPT, "reply_to": queues["RABBITMQ_RESPONSE_QUEUE"]})
@@ -236,8 +234,9 @@ def test_dead_lettered_once_with_a_failed_response_and_no_redelivery(queues, bro
         channel.confirm_delivery()
         method, props, body = receive(connection, channel, settings.request_queue, 1)[0]
         reason = frames.undecodable(props)
-        delivery = Delivery(body, props, method.delivery_tag, method.redelivered, channel, lambda *_: None)
-        settlement = give_up(delivery, settings, InvalidRequest(reason), "invalid", *identify(body))
+        delivery = Delivery(body, props, method.delivery_tag, method.redelivered, channel)
+        settlement = handle(delivery, pipeline=None, settings=settings)  # no pipeline, no LLM call: never reached
+        assert settlement.outcome == "invalid" and not settlement.requeue
         for publish in settlement.publishes:
             channel.basic_publish("", publish.routing_key, publish.body, publish.properties, mandatory=True)
         channel.basic_ack(method.delivery_tag)

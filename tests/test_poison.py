@@ -3,8 +3,10 @@
 import json
 
 import pytest
+from pika import spec
 
 from tests.conftest import sample_request
+from tests.rawamqp import RawPublisher, entry, property_bytes, table, timestamp
 from tests.services import wait_for
 
 
@@ -108,3 +110,28 @@ def test_headers_pika_cannot_write_back_do_not_make_a_message_loop(consumer, bro
     assert dead[0][0].headers["x-score"] == 1  # pika reads doubles as integers: lossy, but writable again
     assert worker.events("broker_connection_lost") == []
     assert db.medical_reports.count_documents({}) == 1
+
+
+def test_headers_pika_cannot_decode_are_dead_lettered_once_without_a_reconnect(consumer, broker, names, db, llm):
+    """A 'T' header past year 9999 made pika drop the connection and the message loop forever."""
+    worker = consumer()
+    bad = sample_request(request_id="bad-header")
+    properties = property_bytes(spec.BasicProperties(content_type="application/json", delivery_mode=2),
+                                table(entry(b"sent", timestamp(253402300800))))
+    publisher = RawPublisher()
+    try:
+        publisher.publish(names["RABBITMQ_REQUEST_QUEUE"], json.dumps(bad).encode(), properties)
+    finally:
+        publisher.close()
+    good = sample_request()
+    broker.publish(good)
+    responses = {r["request_id"]: r for r in broker.responses(2)}
+    assert responses["bad-header"]["status"] == "failed"
+    assert responses[good["request_id"]]["status"] == "success"
+    dead = wait_for(lambda: broker.take(names["RABBITMQ_DLQ"]), 20)
+    broker.connection.sleep(1)
+    dead += broker.take(names["RABBITMQ_DLQ"])
+    assert len(dead) == 1 and json.loads(dead[0][1])["request_id"] == "bad-header"
+    assert dead[0][0].headers["x-death-reason"] == "invalid" and "year 10000" in dead[0][0].headers["x-error"]
+    assert worker.events("broker_connection_lost") == [] and len(worker.events("consuming")) == 1
+    assert llm.stats()["calls"] == 1 and db.medical_reports.count_documents({}) == 1

@@ -5,6 +5,7 @@ from typing import Iterator
 
 import pika
 
+from worker import frames
 from worker.settings import Settings
 from worker.tls import ssl_options
 
@@ -24,7 +25,7 @@ def connection_parameters(settings: Settings, purpose: str = "") -> pika.URLPara
 
 @contextlib.contextmanager
 def channel(settings: Settings, confirm: bool = True) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    connection = pika.BlockingConnection(connection_parameters(settings, "cli"))
+    connection = frames.connect(connection_parameters(settings, "cli"))
     try:
         ch = connection.channel()
         if confirm:

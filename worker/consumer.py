@@ -12,7 +12,7 @@ from pika.exceptions import (
     AMQPChannelError, AMQPError, ChannelClosed, ConsumerCancelled, NackError, UnroutableError,
 )
 
-from worker import exitcodes
+from worker import exitcodes, frames
 from worker.broker import connection_parameters
 from worker.delivery import Delivery, Settlement
 from worker.events import NO_EVENTS, Events, timed
@@ -127,7 +127,7 @@ class Consumer:
             self._close()
 
     def _connect(self) -> None:
-        self.connection = pika.BlockingConnection(connection_parameters(self.settings))
+        self.connection = frames.connect(connection_parameters(self.settings))
         declare(self.connection, self.settings)
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()

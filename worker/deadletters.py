@@ -7,11 +7,12 @@ import pika
 
 from worker.broker import channel
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER
+from worker.frames import MARKER
 from worker.intake import identify
 from worker.settings import Settings
 
 DEAD_LETTER_HEADERS = ("x-death-reason", "x-error", "x-error-class", "x-attempts", "x-original-queue",
-                       "x-failed-at", "x-worker", ATTEMPT_HEADER, CLAIM_HEADER)
+                       "x-failed-at", "x-worker", ATTEMPT_HEADER, CLAIM_HEADER, MARKER)
 
 
 def _summary(properties, body: bytes) -> dict:

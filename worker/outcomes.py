@@ -8,7 +8,8 @@ import pika
 
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
 from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError
-from worker.intake import validate
+from worker.frames import undecodable
+from worker.intake import identify, validate
 from worker.logs import EventLog
 from worker.pipeline import Pipeline
 from worker.schemas import ReportGenerationResponse
@@ -31,6 +32,10 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
     started = time.perf_counter()
     attempt = delivery.attempt
     claim = delivery.header(CLAIM_HEADER) or uuid.uuid4().hex  # kept by every retry of this message
+    reason = undecodable(delivery.properties)
+    if reason:  # its headers could not be read: pika would have dropped the connection (worker.frames)
+        return give_up(delivery, settings, InvalidRequest(f"message properties: {reason}"), "invalid",
+                       *identify(delivery.body))
     try:
         request = validate(delivery.body, settings.max_message_bytes, delivery.properties.content_type,
                            delivery.header(SIGNATURE_HEADER), settings.request_signing_key)

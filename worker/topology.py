@@ -36,6 +36,14 @@ def queue_arguments(settings: Settings) -> dict[str, dict]:
     return queues
 
 
+def queue_names(settings: Settings) -> dict[str, str]:
+    """Every queue we own by its role: request, response, dlq, retry_<delay>s (metrics labels use the roles)."""
+    roles = {"request": settings.request_queue, "response": settings.response_queue, "dlq": settings.dlq}
+    for delay in settings.retry_delays:
+        roles[f"retry_{delay:g}s"] = settings.retry_queue(delay)
+    return roles
+
+
 def declare(connection, settings: Settings) -> None:
     """Declare every queue on a throw-away channel, so a mismatch cannot close the consuming one."""
     channel = connection.channel()

@@ -13,6 +13,8 @@ asserts that the books balance and returns the figures for the closing note:
 
 import json
 import subprocess
+
+from tests.services import queues_of
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -76,8 +78,8 @@ class Ledger:
 
     def use_retry_delays(self, retry_delays: str) -> None:
         """The worker's RETRY_DELAYS: its delay queues must end empty too."""
-        request_queue = self.names["RABBITMQ_REQUEST_QUEUE"]
-        self.queues = [request_queue] + [f"{request_queue}.retry.{float(d):g}s" for d in retry_delays.split(",")]
+        roles = queues_of({**self.names, "RETRY_DELAYS": retry_delays})
+        self.queues = [queue for role, queue in roles.items() if role not in ("response", "dlq")]
 
     # ---- sending ------------------------------------------------------------------------------
 
