@@ -45,22 +45,28 @@ class Delivery:
     received_at: float = field(default_factory=time.monotonic)
 
     @property
+    def headers(self) -> dict:
+        """The message's headers table; empty when there is none (or something else stands there)."""
+        headers = self.properties.headers
+        return headers if isinstance(headers, dict) else {}
+
+    @property
     def attempt(self) -> int:
-        headers = self.properties.headers or {}
+        headers = self.headers
         try:
             return max(1, int(headers.get(ATTEMPT_HEADER, 1)))
         except (TypeError, ValueError, OverflowError):
             return 1
 
     def header(self, name: str) -> str | None:
-        value = (self.properties.headers or {}).get(name)
+        value = self.headers.get(name)
         if isinstance(value, bytes):
             value = value.decode("utf-8", "replace")
         return value if isinstance(value, str) else None
 
     def copy_properties(self, **headers) -> pika.BasicProperties:
         """The original properties, persistent, with extra headers merged in."""
-        merged = {**(self.properties.headers or {}), **headers}
+        merged = {**self.headers, **headers}
         kept = {name: getattr(self.properties, name) for name in KEPT_PROPERTIES}
         return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, headers=merged, **kept)
 

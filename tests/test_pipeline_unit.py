@@ -1,0 +1,207 @@
+"""The pipeline and the settle decision with fake store, cache and LLM: no services, milliseconds each."""
+
+import json
+from dataclasses import dataclass, field
+
+import pika
+import pytest
+
+from tests.conftest import sample_request
+from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, Delivery
+from worker.errors import InProgress, PermanentError, TransientError
+from worker.events import Events
+from worker.frames import MARKER
+from worker.llm import GeneratedReport
+from worker.outcomes import handle
+from worker.pipeline import Pipeline
+from worker.settings import load
+
+SETTINGS = load({"OPENAI_API_KEY": "k", "RETRY_DELAYS": "1,2", "MAX_RETRIES": "2", "RABBITMQ_REQUEST_QUEUE": "req",
+                 "RABBITMQ_RESPONSE_QUEUE": "resp", "RABBITMQ_DLQ": "dead"})
+
+
+class FakeStore:
+    def __init__(self):
+        self.reports: dict[str, dict] = {}
+        self.claims: dict[str, str] = {}
+        self.users: list[str] = []
+        self.calls: list[str] = []
+
+    def find_report(self, request_id):
+        self.calls.append("find")
+        return self.reports.get(request_id)
+
+    def claim(self, request_id, owner, seconds, steal=False):
+        self.calls.append("claim")
+        if self.claims.get(request_id, owner) != owner and not steal:
+            return False
+        self.claims[request_id] = owner
+        return True
+
+    def release(self, request_id, owner):
+        self.calls.append("release")
+        if self.claims.get(request_id) == owner:
+            del self.claims[request_id]
+
+    def upsert_user(self, user_id):
+        self.calls.append("user")
+        self.users.append(user_id)
+
+    def insert_report(self, report):
+        self.calls.append("insert")
+        return self.reports.setdefault(report["request_id"], report)["report_id"]
+
+
+class FakeCache:
+    def __init__(self):
+        self.inputs: dict[str, dict] = {}
+        self.reports: dict[str, dict] = {}
+
+    def swap_input(self, user_id, document):
+        previous, self.inputs[user_id] = self.inputs.get(user_id), document
+        return previous
+
+    def remember_report(self, report_id, report):
+        self.reports[report_id] = report
+
+
+class FakeKnowledge:
+    def entries_for(self, categories):
+        return [{"id": f"kb-{c}", "category": c} for c in categories]
+
+
+@dataclass
+class FakeWriter:
+    fail: list = field(default_factory=list)   # exceptions to raise, one per call
+    calls: list = field(default_factory=list)
+
+    def generate(self, request, categories, knowledge):
+        self.calls.append((request.request_id, list(categories), [k["id"] for k in knowledge]))
+        if self.fail:
+            raise self.fail.pop(0)
+        return GeneratedReport({"title": "t"}, "# t", "fake", 10, 5, 0.01, 0.2)
+
+
+class Recorder(Events):
+    def __init__(self):
+        self.stages: list[str] = []
+
+    def stage_timed(self, stage, seconds):
+        self.stages.append(stage)
+
+
+def make_pipeline(writer=None):
+    events = Recorder()
+    pipeline = Pipeline(FakeStore(), FakeCache(), FakeKnowledge(), writer or FakeWriter(), 60.0, events)
+    return pipeline, events
+
+
+def delivery(body, attempt=None, redelivered=False, **headers) -> Delivery:
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    if attempt is not None:
+        headers[ATTEMPT_HEADER] = attempt
+    properties = pika.BasicProperties(content_type="application/json", correlation_id="c-1", headers=headers or None)
+    return Delivery(body, properties, tag=1, redelivered=redelivered, channel=None)
+
+
+def routes(settlement) -> list[str]:
+    return [publish.routing_key for publish in settlement.publishes]
+
+
+def test_a_new_request_runs_the_stages_in_the_seed_order_and_is_answered():
+    pipeline, events = make_pipeline()
+    request = sample_request(request_id="r-1", user_id="u-1")
+    settlement = handle(delivery(request), pipeline, SETTINGS)
+    assert settlement.outcome == "success" and routes(settlement) == ["resp"] and not settlement.requeue
+    response = json.loads(settlement.publishes[0].body)
+    stored = pipeline.store.reports["r-1"]
+    assert response["status"] == "success" and response["report_id"] == stored["report_id"]
+    assert settlement.publishes[0].properties.correlation_id == "c-1"
+    assert pipeline.store.calls == ["find", "claim", "user", "insert"]  # no release on success
+    assert events.stages == ["store", "store", "cache", "user", "knowledge", "llm", "store", "cache"]
+    assert pipeline.cache.reports[stored["report_id"]] is stored and "u-1" in pipeline.cache.inputs
+    [(request_id, categories, knowledge)] = pipeline.writer.calls
+    assert stored["report_data"]["categories"] == categories and knowledge == [f"kb-{c}" for c in categories]
+
+
+def test_a_stored_request_is_answered_again_without_the_llm():
+    pipeline, _ = make_pipeline()
+    request = sample_request(request_id="r-2")
+    first = handle(delivery(request), pipeline, SETTINGS)
+    again = handle(delivery(request, redelivered=True), pipeline, SETTINGS)
+    assert json.loads(again.publishes[0].body)["report_id"] == json.loads(first.publishes[0].body)["report_id"]
+    assert len(pipeline.writer.calls) == 1 and pipeline.store.calls[-1] == "find"
+
+
+def test_a_request_claimed_by_another_worker_waits_in_the_shortest_delay_queue():
+    pipeline, _ = make_pipeline()
+    pipeline.store.claims["r-3"] = "someone-else"
+    settlement = handle(delivery(sample_request(request_id="r-3"), attempt=2), pipeline, SETTINGS)
+    assert settlement.outcome == "retried" and routes(settlement) == ["req.retry.1s"]
+    headers = settlement.publishes[0].properties.headers
+    assert headers[ATTEMPT_HEADER] == 2 and headers[CLAIM_HEADER]  # waiting does not use up an attempt
+    assert pipeline.writer.calls == []
+
+
+@pytest.mark.parametrize("attempt, queue", [(1, "req.retry.1s"), (2, "req.retry.2s")])
+def test_a_transient_failure_is_retried_through_the_delay_queue_of_its_attempt(attempt, queue):
+    pipeline, _ = make_pipeline(FakeWriter(fail=[TransientError("LLM timed out")]))
+    settlement = handle(delivery(sample_request(request_id="r-4"), attempt=attempt, **{CLAIM_HEADER: "tok"}),
+                        pipeline, SETTINGS)
+    assert settlement.outcome == "retried" and routes(settlement) == [queue]
+    headers = settlement.publishes[0].properties.headers
+    assert headers[ATTEMPT_HEADER] == attempt + 1 and headers[CLAIM_HEADER] == "tok"
+    assert pipeline.store.claims == {} and pipeline.store.calls[-1] == "release"  # released in one place
+
+
+def test_retries_exhausted_answer_failed_and_dead_letter():
+    pipeline, _ = make_pipeline(FakeWriter(fail=[TransientError("LLM timed out")]))
+    settlement = handle(delivery(sample_request(request_id="r-5"), attempt=3), pipeline, SETTINGS)
+    assert settlement.outcome == "dead_lettered" and routes(settlement) == ["resp", "dead"]
+    assert json.loads(settlement.publishes[0].body)["status"] == "failed"
+    assert settlement.publishes[1].properties.headers["x-death-reason"] == "dead_lettered"
+
+
+def test_a_permanent_failure_is_not_retried():
+    pipeline, _ = make_pipeline(FakeWriter(fail=[PermanentError("LLM answered HTTP 400")]))
+    settlement = handle(delivery(sample_request(request_id="r-6")), pipeline, SETTINGS)
+    assert settlement.outcome == "failed" and routes(settlement) == ["resp", "dead"]
+
+
+@pytest.mark.parametrize("body, request_id", [
+    (b"{not json", ""),
+    (json.dumps(dict(sample_request(request_id="r-7"), labs="x")).encode(), "r-7"),
+    (b"x" * (2 << 20), ""),
+])
+def test_invalid_input_is_dead_lettered_with_a_failed_response_when_the_id_is_readable(body, request_id):
+    pipeline, _ = make_pipeline()
+    settlement = handle(delivery(body), pipeline, SETTINGS)
+    assert settlement.outcome == "invalid"
+    assert routes(settlement) == (["resp", "dead"] if request_id else ["dead"])
+    assert settlement.publishes[-1].properties.headers["x-death-reason"] == "invalid"
+    assert pipeline.store.calls == [] and pipeline.writer.calls == []
+
+
+def test_undecodable_properties_are_invalid_before_anything_runs():
+    pipeline, _ = make_pipeline()
+    settlement = handle(delivery(sample_request(request_id="r-8"), **{MARKER: "headers: ValueError"}),
+                        pipeline, SETTINGS)
+    assert settlement.outcome == "invalid" and routes(settlement) == ["resp", "dead"]
+    assert pipeline.store.calls == []
+
+
+def test_a_bug_in_handling_dead_letters_through_the_same_code():
+    pipeline, _ = make_pipeline()
+    pipeline.store.find_report = None  # calling it raises TypeError: a bug, not a transient error
+    settlement = handle(delivery(sample_request(request_id="r-9")), pipeline, SETTINGS)
+    assert settlement.outcome == "retried"  # unexpected errors inside the pipeline are retried like transient ones
+    broken = delivery(sample_request(request_id="r-10"))
+    broken.properties.content_type = object()  # validate() raises AttributeError: a crash outside the pipeline
+    crashed = handle(broken, pipeline, SETTINGS)
+    assert crashed.outcome == "failed" and routes(crashed) == ["dead"]
+    assert crashed.publishes[0].properties.headers["x-death-reason"] == "crash"
+
+
+def test_in_progress_is_transient():
+    assert issubclass(InProgress, TransientError)
