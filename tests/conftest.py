@@ -87,6 +87,11 @@ class Broker:
                 return taken
             taken.append((properties, body))
 
+    def take_into(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
+        """Take what is in `queue` now and keep it in `taken` (for wait_for loops); returns all taken so far."""
+        self.taken = getattr(self, "taken", []) + self.take(queue)
+        return self.taken
+
     def collect(self, queue: str, count: int, timeout: float) -> list[dict]:
         """Wait until `count` JSON messages were taken from `queue` (or fail), return them."""
         got: list[dict] = []

@@ -26,7 +26,8 @@ def test_sample_request_validates_and_extra_fields_are_tolerated():
 
 
 @pytest.mark.parametrize("field,value", [
-    ("labs", "a string"), ("patient", ["a list"]), ("disclaimer", 7), ("request_id", 12),
+    ("labs", "a string"), ("patient", ["a list"]), ("disclaimer", 7), ("request_id", True),
+    ("user_id", 1.5),
     ("user_id", ""), ("request_id", "has spaces"), ("plan", [1, 2]), ("red_flags", {"a": 1}),
 ])
 def test_wrong_types_are_rejected_with_the_field_named(field, value):
@@ -56,14 +57,16 @@ def test_non_json_content_type_is_invalid():
 
 def test_ids_are_read_best_effort():
     assert identify(b'{"request_id": "a", "user_id": "b", "labs": 3}') == ("a", "b")
-    assert identify(b'{"request_id": 5}') == ("", "")
+    assert identify(b'{"request_id": 5}') == ("5", "")  # integer ids are read as strings
+    assert identify(b'{"request_id": true, "user_id": "has spaces"}') == ("", "")
     assert scan_ids(b'{"request_id": "abc", "patient": {"notes": "') == ("abc", "")
 
 
 def test_response_json_matches_the_backend_contract():
     response = ReportGenerationResponse(request_id="r", user_id="u", report_id="p", status="success")
     data = json.loads(response.to_bytes())
-    assert set(data) == {"request_id", "user_id", "report_id", "status", "error_message", "timestamp"}
+    assert set(data) == {"request_id", "user_id", "report_id", "status", "error_code", "retryable", "error_message",
+                         "timestamp"}
     assert data["timestamp"].endswith("Z")
 
 

@@ -51,8 +51,8 @@ def test_requests_become_stored_cited_reports(consumer, broker, db, cache, llm, 
 
 
 @pytest.mark.timeout(60)
-def test_response_keeps_correlation_id_and_honours_reply_to(consumer, broker, db):
-    consumer()
+def test_response_keeps_correlation_id_and_honours_reply_to(consumer, broker, db, names):
+    consumer(REPLY_TO_ALLOWED=f"{names['RABBITMQ_RESPONSE_QUEUE']},amq.gen-*")
     reply_queue = broker.channel.queue_declare("", exclusive=True).method.queue
     request = sample_request()
     broker.publish(request, correlation_id="abc-123", reply_to=reply_queue)
@@ -170,11 +170,12 @@ def test_sigterm_finishes_inflight_and_leaves_the_rest_queued(consumer, broker, 
 
 @pytest.mark.timeout(60)
 def test_existing_queue_with_other_arguments_is_named_and_refused(spawn, env, broker, names):
-    broker.channel.queue_declare(names["RABBITMQ_RESPONSE_QUEUE"], durable=True, arguments={"x-message-ttl": 1000})
+    """The request queue's arguments are ours to insist on (the backend's shared queues are not: test_contract_e2e)."""
+    broker.channel.queue_declare(names["RABBITMQ_REQUEST_QUEUE"], durable=True, arguments={"x-message-ttl": 1000})
     worker = spawn(["consume"], env)
     assert worker.wait(30) == 2
     [event] = worker.events("queue_mismatch")
-    assert names["RABBITMQ_RESPONSE_QUEUE"] in event["error"] and "x-message-ttl" in event["error"]
+    assert names["RABBITMQ_REQUEST_QUEUE"] in event["error"] and "x-message-ttl" in event["error"]
 
 
 @pytest.mark.timeout(90)

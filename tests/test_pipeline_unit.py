@@ -49,7 +49,7 @@ class FakeStore:
 
     def insert_report(self, report):
         self.calls.append("insert")
-        return self.reports.setdefault(report["request_id"], report)["report_id"]
+        return self.reports.setdefault(report["request_id"], report)
 
 
 class FakeCache:
@@ -99,8 +99,9 @@ def make_pipeline(writer=None):
 def delivery(body, attempt=None, redelivered=False, **headers) -> Delivery:
     if isinstance(body, dict):
         body = json.dumps(body).encode()
-    if attempt is not None:
+    if attempt is not None:  # as it comes back from one of our delay queues: the broker's x-death says so
         headers[ATTEMPT_HEADER] = attempt
+        headers["x-death"] = [{"queue": "req.retry.1s", "reason": "expired", "count": 1}]
     properties = pika.BasicProperties(content_type="application/json", correlation_id="c-1", headers=headers or None)
     return Delivery(body, properties, tag=1, redelivered=redelivered, channel=None)
 
@@ -205,3 +206,41 @@ def test_a_bug_in_handling_dead_letters_through_the_same_code():
 
 def test_in_progress_is_transient():
     assert issubclass(InProgress, TransientError)
+
+
+def test_attempt_and_claim_headers_count_only_on_messages_back_from_our_delay_queues():
+    pipeline, _ = make_pipeline(FakeWriter(fail=[TransientError("LLM timed out")]))
+    forged = delivery(sample_request(request_id="r-11"), **{ATTEMPT_HEADER: 999, CLAIM_HEADER: "stolen"})
+    settlement = handle(forged, pipeline, SETTINGS)
+    assert settlement.outcome == "retried" and routes(settlement) == ["req.retry.1s"]  # attempt 1, not 999
+    headers = settlement.publishes[0].properties.headers
+    assert headers[ATTEMPT_HEADER] == 2 and headers[CLAIM_HEADER] != "stolen"
+    elsewhere = delivery(sample_request(request_id="r-12"), **{ATTEMPT_HEADER: 3, "x-death": [{"queue": "other"}]})
+    pipeline.writer.fail.append(TransientError("LLM timed out"))
+    assert handle(elsewhere, pipeline, SETTINGS).outcome == "retried"
+
+
+@pytest.mark.parametrize("reply_to, queue", [
+    (None, "resp"), ("resp", "resp"), ("amq.rabbitmq.reply-to.g1h2AA", "amq.rabbitmq.reply-to.g1h2AA"),
+    ("backend-private", "resp"), ("req", "resp"), ("req.retry.2s", "resp"), ("dead", "resp"),
+])
+def test_reply_to_is_honoured_only_when_allowed_and_never_for_our_own_queues(reply_to, queue):
+    pipeline, _ = make_pipeline()
+    message = delivery(sample_request(request_id=f"r-{reply_to}"))
+    message.properties.reply_to = reply_to
+    settlement = handle(message, pipeline, SETTINGS)
+    assert routes(settlement) == [queue]
+    assert settlement.publishes[0].fallback_key == (None if queue == "resp" else "resp")
+
+
+def test_failed_responses_carry_a_stable_code_and_never_internal_details():
+    pipeline, _ = make_pipeline(FakeWriter(fail=[TransientError("mongodb insert report: db-7.internal:27017 down")]))
+    settlement = handle(delivery(sample_request(request_id="r-13", patient={"name": "Ada"}), attempt=3),
+                        pipeline, SETTINGS)
+    response = json.loads(settlement.publishes[0].body)
+    assert (response["status"], response["error_code"], response["retryable"]) == ("failed", "retries_exhausted", True)
+    assert "db-7" not in response["error_message"] and "Ada" not in response["error_message"]
+    assert settlement.publishes[1].properties.headers["x-error-code"] == "retries_exhausted"
+    invalid = json.loads(handle(delivery(dict(sample_request(request_id="r-14"), labs=3)), pipeline,
+                                SETTINGS).publishes[0].body)
+    assert (invalid["error_code"], invalid["retryable"]) == ("invalid_field", False) and "labs" in invalid["error_message"]

@@ -1,74 +1,117 @@
-"""What a message must be before the pipeline takes it: small enough, signed, JSON, the contract's shape."""
+"""What a message must be before the pipeline takes it: small enough, signed, JSON, the contract's shape, storable."""
 
 import hashlib
 import hmac
 import json
 import re
+from typing import Any
 
 from pydantic import ValidationError
 
 from worker.errors import InvalidRequest
-from worker.schemas import ReportGenerationRequest
+from worker.schemas import ID_PATTERN, ReportGenerationRequest
 
 ID_SCAN_BYTES = 64 * 1024
+MAX_DEPTH = 48                      # BSON allows 100 levels; the stored report wraps the input in a few
+INT64 = (-2 ** 63, 2 ** 63 - 1)
+_ID = re.compile(ID_PATTERN)
 
 
-def identify(body: bytes) -> tuple[str, str]:
-    """Best-effort request_id and user_id of a message that may be invalid, for a `failed` response."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return "", ""
+def identify(body: bytes | dict) -> tuple[str, str]:
+    """Best-effort request_id and user_id (strings or integers) of a message that may be invalid."""
+    data = body
+    if not isinstance(body, dict):
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return "", ""
     if not isinstance(data, dict):
         return "", ""
-    ids = []
-    for key in ("request_id", "user_id"):
-        value = data.get(key)
-        ids.append(value if isinstance(value, str) and 0 < len(value) <= 128 else "")
-    return ids[0], ids[1]
+    return _id_of(data.get("request_id")), _id_of(data.get("user_id"))
+
+
+def _id_of(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value if isinstance(value, str) and _ID.match(value) else ""
 
 
 def scan_ids(head: bytes) -> tuple[str, str]:
     """Ids of a message too large to parse, looked for in its first bytes only."""
     found = []
     for key in (b"request_id", b"user_id"):
-        match = re.search(rb'"' + key + rb'"\s*:\s*"([A-Za-z0-9._:@-]{1,128})"', head)
-        found.append(match.group(1).decode() if match else "")
+        match = re.search(rb'"' + key + rb'"\s*:\s*(?:"([A-Za-z0-9._:@-]{1,128})"|([0-9]{1,20})\b)', head)
+        found.append((match.group(1) or match.group(2)).decode() if match else "")
     return found[0], found[1]
 
 
-def check_signature(body: bytes, signature: str | None, key: str) -> None:
-    """With a signing key set, the `x-signature` header must be the hex HMAC-SHA256 of the body."""
-    if not key:
-        return
+def signed(body: bytes, signature: str | None, key: str) -> bool:
+    """True when `signature` is `sha256=<hex HMAC-SHA256 of the body under key>` (the prefix is optional)."""
     if not signature:
-        raise InvalidRequest("request is not signed (x-signature header missing)", *identify(body))
+        return False
     expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-    given = signature.removeprefix("sha256=").strip().lower()
-    if not hmac.compare_digest(expected, given):
-        raise InvalidRequest("request signature does not match", *identify(body))
+    return hmac.compare_digest(expected, signature.removeprefix("sha256=").strip().lower())
 
 
 def validate(body: bytes, max_bytes: int, content_type: str | None = None, signature: str | None = None,
              signing_key: str = "") -> ReportGenerationRequest:
     """The request in `body`, or InvalidRequest (with the ids when they can be read) saying what is wrong.
 
-    The size is checked before anything reads the body; the body is parsed once on the way to success."""
+    The size is checked before anything reads the body; the body is parsed once on the way to success.
+    With a signing key, an unsigned or wrongly signed message carries no ids: nobody is answered for it."""
     if len(body) > max_bytes:
         raise InvalidRequest(f"message is {len(body)} bytes, more than the limit of {max_bytes}",
-                             *scan_ids(body[:ID_SCAN_BYTES]))
-    check_signature(body, signature, signing_key)
+                             *scan_ids(body[:ID_SCAN_BYTES]), code="too_large")
+    if signing_key and not signed(body, signature, signing_key):
+        reason = "request signature does not match" if signature else "request is not signed (x-signature missing)"
+        raise InvalidRequest(reason, code="bad_signature")
     if content_type and not _is_json(content_type):
-        raise InvalidRequest(f"content type {content_type[:64]!r} is not JSON", *identify(body))
+        raise InvalidRequest(f"content type {content_type[:64]!r} is not JSON", *identify(body),
+                             code="unsupported_content_type")
     try:
-        text = body.decode("utf-8")
-        return ReportGenerationRequest.model_validate_json(text)
+        request = ReportGenerationRequest.model_validate_json(body.decode("utf-8"))
     except UnicodeDecodeError:
-        raise InvalidRequest("message body is not UTF-8") from None
+        raise InvalidRequest("message body is not UTF-8", code="invalid_json") from None
     except ValidationError as exc:
-        raise InvalidRequest(_summarize(exc), *identify(body)) from None
+        code = "invalid_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "invalid_field"
+        raise InvalidRequest(_summarize(exc), *identify(body), code=code) from None
     except RecursionError:
-        raise InvalidRequest("message JSON is nested too deeply") from None
+        raise InvalidRequest("message JSON is nested too deeply", code="invalid_json") from None
+    problem = unstorable(request.model_dump())
+    if problem:
+        raise InvalidRequest(f"invalid request: {problem}", request.request_id, request.user_id,
+                             code="unstorable_input")
+    return request
+
+
+def unstorable(value: Any, where: str = "", depth: int = 0) -> str:
+    """Why MongoDB could not store `value` (an integer beyond 64 bits, a key with NUL or a leading `$`,
+    a string that is not valid UTF-8, nesting too deep), naming the place but never the value; '' if it can."""
+    if depth > MAX_DEPTH:
+        return f"{where or 'message'}: nested more than {MAX_DEPTH} levels"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            place = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str) or "\x00" in key or key.startswith("$"):
+                return f"{where or 'message'}: a key MongoDB cannot store (it holds NUL or starts with $)"
+            problem = unstorable(item, place, depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = unstorable(item, f"{where}.{index}", depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, bool):
+        return ""
+    elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        return f"{where}: integer beyond 64 bits"
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where}: text that is not valid UTF-8"
+    return ""
 
 
 def _is_json(content_type: str) -> bool:

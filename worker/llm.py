@@ -119,7 +119,7 @@ class ReportWriter:
                 error = exc
                 messages = repair_messages(messages, calls[-1].text, str(exc))
         else:
-            raise TransientError(f"LLM answer still malformed after one repair: {error}")
+            raise TransientError(f"LLM answer still malformed after one repair: {error}", code="report_invalid")
         final = assemble_content(content, citations, request)
         return GeneratedReport(
             content=final,
@@ -137,7 +137,7 @@ class ReportWriter:
         try:
             client.models.list()
         except openai.APIError as exc:
-            raise TransientError(f"LLM endpoint not reachable: {type(exc).__name__}") from exc
+            raise TransientError(f"LLM endpoint not reachable: {type(exc).__name__}", code="llm_unavailable") from exc
 
     def close(self) -> None:
         self._client.close()
@@ -177,15 +177,18 @@ class ReportWriter:
 def classify(exc: openai.APIError) -> tuple[str, Exception]:
     """The metric outcome and our error for an openai exception."""
     if isinstance(exc, openai.APITimeoutError):
-        return "timeout", TransientError("LLM request timed out")
+        return "timeout", TransientError("LLM request timed out", code="llm_unavailable")
     if isinstance(exc, openai.APIConnectionError):
-        return "error", TransientError("LLM endpoint not reachable")
+        return "error", TransientError("LLM endpoint not reachable", code="llm_unavailable")
     if isinstance(exc, openai.RateLimitError):
-        return "rate_limited", TransientError("LLM rate limited (429)")
+        return "rate_limited", TransientError("LLM rate limited (429)", code="llm_unavailable")
     if isinstance(exc, openai.APIStatusError):
-        kind = PermanentError if exc.status_code in PERMANENT_STATUSES else TransientError
-        return "error", kind(f"LLM answered HTTP {exc.status_code}: {type(exc).__name__}")
-    return "error", TransientError(f"LLM call failed: {type(exc).__name__}")
+        if exc.status_code in PERMANENT_STATUSES:
+            return "error", PermanentError(f"LLM answered HTTP {exc.status_code}: {type(exc).__name__}",
+                                           code="llm_rejected")
+        return "error", TransientError(f"LLM answered HTTP {exc.status_code}: {type(exc).__name__}",
+                                       code="llm_unavailable")
+    return "error", TransientError(f"LLM call failed: {type(exc).__name__}", code="llm_unavailable")
 
 
 def cost_of(prices: Mapping[str, tuple[float, float]], model: str, prompt: int, completion: int) -> float:

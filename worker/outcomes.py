@@ -1,5 +1,6 @@
 """How a delivery ends, decided from the pipeline's result or error class alone; the consumer carries it out."""
 
+import fnmatch
 import time
 import uuid
 from datetime import datetime, timezone
@@ -7,7 +8,7 @@ from datetime import datetime, timezone
 import pika
 
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
-from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError
+from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError, describe, retryable
 from worker.frames import undecodable
 from worker.intake import identify, validate
 from worker.logs import EventLog
@@ -30,17 +31,17 @@ def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
 
 def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settlement:
     started = time.perf_counter()
-    attempt = delivery.attempt
-    claim = delivery.header(CLAIM_HEADER) or uuid.uuid4().hex  # kept by every retry of this message
+    attempt, claim = retry_state(delivery, settings)
     reason = undecodable(delivery.properties)
     if reason:  # its headers could not be read: pika would have dropped the connection (worker.frames)
-        return give_up(delivery, settings, InvalidRequest(f"message properties: {reason}"), "invalid",
-                       *identify(delivery.body))
+        return give_up(delivery, settings, InvalidRequest(f"message properties: {reason}", code="undecodable_headers"),
+                       "invalid", *identify(delivery.body))
     try:
         request = validate(delivery.body, settings.max_message_bytes, delivery.properties.content_type,
                            delivery.header(SIGNATURE_HEADER), settings.request_signing_key)
     except InvalidRequest as exc:
-        return give_up(delivery, settings, exc, "invalid", exc.request_id, exc.user_id)
+        outcome = "rejected" if exc.code == "bad_signature" else "invalid"
+        return give_up(delivery, settings, exc, outcome, exc.request_id, exc.user_id)
     ids = (request.request_id, request.user_id)
     try:
         response = pipeline.process(request, claim=claim, redelivered=delivery.redelivered)
@@ -59,17 +60,41 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
     return Settlement((respond(delivery, settings, response),), outcome="success")
 
 
+def retry_state(delivery: Delivery, settings: Settings) -> tuple[int, str]:
+    """The attempt number and claim token, trusted only on a message back from one of our delay queues
+    (the broker's x-death names the queue); anything else starts at attempt 1 with a new claim."""
+    deaths = delivery.headers.get("x-death")
+    last = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
+    queue = last.get("queue")
+    queue = queue.decode("utf-8", "replace") if isinstance(queue, bytes) else queue
+    if queue in {settings.retry_queue(delay) for delay in settings.retry_delays}:
+        return delivery.attempt, delivery.header(CLAIM_HEADER) or uuid.uuid4().hex
+    return 1, uuid.uuid4().hex
+
+
+def reply_queue(delivery: Delivery, settings: Settings) -> str:
+    """The request's reply_to when REPLY_TO_ALLOWED admits it and it is not one of our own queues."""
+    reply_to = delivery.properties.reply_to or ""
+    ours = {settings.request_queue, settings.dlq, *(settings.retry_queue(d) for d in settings.retry_delays)}
+    if not reply_to or reply_to in ours or not any(fnmatch.fnmatchcase(reply_to, p) for p in settings.reply_to_patterns):
+        if reply_to and reply_to != settings.response_queue:
+            log.warning("reply_to_refused", reply_to=reply_to[:200])
+        return settings.response_queue
+    return reply_to
+
+
 def respond(delivery: Delivery, settings: Settings, response: ReportGenerationResponse) -> Publish:
-    """The response goes to the request's reply_to when it names one, else to the response queue."""
+    """The response goes to the request's (allowed) reply_to, else to the response queue."""
     properties = pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
         correlation_id=delivery.properties.correlation_id,
         timestamp=int(time.time()),
+        expiration=str(settings.response_ttl_seconds * 1000),
     )
-    reply_to = delivery.properties.reply_to
-    return Publish(reply_to or settings.response_queue, response.to_bytes(), properties,
-                   fallback_key=settings.response_queue if reply_to else None)
+    queue = reply_queue(delivery, settings)
+    return Publish(queue, response.to_bytes(), properties,
+                   fallback_key=settings.response_queue if queue != settings.response_queue else None)
 
 
 def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseException, claim: str,
@@ -88,10 +113,13 @@ def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome:
             request_id: str, user_id: str, death_reason: str = "") -> Settlement:
     """A `failed` response (when the ids can be read) and the original message into the DLQ."""
     reason = _reason(exc)
-    log.warning("dead_lettered", outcome=outcome, attempt=delivery.attempt, error=reason, request_id=request_id)
+    code = getattr(exc, "code", "internal_error")
+    log.warning("dead_lettered", outcome=outcome, attempt=delivery.attempt, error=reason, error_code=code,
+                request_id=request_id)
     headers = {
         "x-death-reason": death_reason or outcome,
         "x-error": reason,
+        "x-error-code": code,
         "x-error-class": type(exc).__name__,
         "x-attempts": delivery.attempt,
         "x-original-queue": settings.request_queue,
@@ -100,8 +128,9 @@ def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome:
     }
     publishes = [Publish(settings.dlq, delivery.body, delivery.copy_properties(**headers))]
     if request_id:
-        failed = ReportGenerationResponse(request_id=request_id, user_id=user_id, status="failed",
-                                          error_message=reason)
+        failed = ReportGenerationResponse(request_id=request_id, user_id=user_id, status="failed", error_code=code,
+                                          retryable=retryable(code),
+                                          error_message=getattr(exc, "public", "") or describe(code))
         publishes.insert(0, respond(delivery, settings, failed))
     return Settlement(tuple(publishes), outcome=outcome)
 

@@ -1,21 +1,36 @@
 """The contract with the backend: request and response messages, as pydantic models."""
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from worker.errors import CODES
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+ErrorCode = Literal[tuple(CODES)]  # type: ignore[valid-type]
+
+
+def _id_text(value: Any) -> Any:
+    """Ids may be strings or integers (a SQL primary key); they are stored and answered as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Id = Annotated[str, BeforeValidator(_id_text), Field(pattern=ID_PATTERN)]
 
 
 class ReportGenerationRequest(BaseModel):
-    """What the backend publishes; unknown extra fields are tolerated, wrong types are not."""
+    """What the backend publishes; unknown extra fields are tolerated, wrong types are not.
+
+    `null` in an optional field means the same as leaving the field out."""
 
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
 
-    request_id: str = Field(pattern=ID_PATTERN)
-    user_id: str = Field(pattern=ID_PATTERN)
-    patient: dict[str, Any]
+    request_id: Id
+    user_id: Id
+    patient: dict[str, Any] = Field(default_factory=dict)
     labs: list[dict[str, Any]] = Field(default_factory=list)
     cvd_summary: dict[str, Any] = Field(default_factory=dict)
     assessment: dict[str, Any] = Field(default_factory=dict)
@@ -23,6 +38,14 @@ class ReportGenerationRequest(BaseModel):
     red_flags: list[dict[str, Any] | str] = Field(default_factory=list)
     resources_table: list[dict[str, Any]] = Field(default_factory=list)
     disclaimer: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            optional = {name for name, f in cls.model_fields.items() if not f.is_required()}
+            return {key: value for key, value in data.items() if not (value is None and key in optional)}
+        return data
 
 
 class ReportGenerationResponse(BaseModel):
@@ -34,6 +57,8 @@ class ReportGenerationResponse(BaseModel):
     user_id: str
     report_id: str = ""
     status: Literal["success", "failed"]
+    error_code: ErrorCode | None = Field(default=None, description="set when status is failed: a stable code")
+    retryable: bool | None = Field(default=None, description="failed: may the same request succeed later?")
     error_message: str = ""
     timestamp: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
 

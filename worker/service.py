@@ -55,6 +55,10 @@ def run(settings: Settings, on_tick: Callable[[Consumer], None] | None = None, e
         signal.signal(signum, lambda *_: consumer.stop())
     log.info("worker_started", threads=settings.worker_threads, prefetch=settings.prefetch,
              queue=settings.request_queue, model=settings.openai_model)
+    if settings.prefetch < settings.worker_threads:
+        log.warning("prefetch_below_threads", prefetch=settings.prefetch, threads=settings.worker_threads,
+                    idle_threads=settings.worker_threads - settings.prefetch,
+                    hint="at most RABBITMQ_PREFETCH_COUNT messages run at once; the other threads sit idle")
     log.debug("settings", **settings.redacted())
     code = consumer.run()
     log.info("worker_stopped", code=code, reason=exitcodes.describe(code), settled=consumer.settled)

@@ -112,6 +112,8 @@ class Settings:
     retry_delays: tuple[float, ...] = _setting("RETRY_DELAYS", (5.0, 30.0, 300.0), _delays)
     max_message_bytes: int = _setting("MAX_MESSAGE_BYTES", 1024 * 1024, _positive)
     request_signing_key: str = _setting("REQUEST_SIGNING_KEY", "", secret=True)  # set: requests must be signed
+    # queue names (fnmatch patterns) a request's reply_to may name; "": the response queue and direct reply-to
+    reply_to_allowed: str = _setting("REPLY_TO_ALLOWED", "")
     graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
     connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)
     # the supervisor (`report-worker run`)
@@ -134,6 +136,11 @@ class Settings:
     @property
     def name(self) -> str:
         return self.worker_name or f"report-worker@{socket.gethostname()}"
+
+    @property
+    def reply_to_patterns(self) -> tuple[str, ...]:
+        given = tuple(p.strip() for p in self.reply_to_allowed.split(",") if p.strip())
+        return given or (self.response_queue, "amq.rabbitmq.reply-to*")
 
     def retry_queue(self, delay: float) -> str:
         return f"{self.request_queue}.retry.{_delay_label(delay)}"

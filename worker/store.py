@@ -86,17 +86,17 @@ class Store:
         with _transient_on_failure("find report"):
             return self.reports.find_one({"request_id": request_id}, {"_id": 0})
 
-    def insert_report(self, report: Mapping[str, Any]) -> str:
-        """Store a report and return its report_id; if this request already has one, return that one."""
+    def insert_report(self, report: Mapping[str, Any]) -> dict:
+        """Store a report and return it; if this request already has one, return that one instead."""
         with _transient_on_failure("insert report"):
             try:
                 self.reports.insert_one(dict(report))
-                return report["report_id"]
+                return dict(report)
             except DuplicateKeyError:
-                existing = self.reports.find_one({"request_id": report["request_id"]}, {"report_id": 1})
+                existing = self.reports.find_one({"request_id": report["request_id"]}, {"_id": 0})
                 if existing is None:
                     raise
-                return existing["report_id"]
+                return existing
 
     def claim(self, request_id: str, owner: str, seconds: float, steal: bool = False) -> bool:
         """Take the right to generate this request's report; False while another live owner has it.

@@ -42,21 +42,31 @@ def publish(ch, queue: str, requests: Iterable[dict], reply_to: str | None = Non
     return ids
 
 
-def wait_for_responses(ch, queue: str, expected: set[str], timeout: float, out: IO[str]) -> tuple[int, int]:
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def collect_replies(ch) -> list[dict]:
+    """Start consuming RabbitMQ's direct reply-to pseudo-queue (before publishing, as it requires)."""
+    replies: list[dict] = []
+    ch.basic_consume(DIRECT_REPLY_TO, lambda _ch, _method, properties, body: replies.append(
+        {"correlation_id": properties.correlation_id, **json.loads(body)}), auto_ack=True)
+    return replies
+
+
+def wait_for_responses(ch, replies: list[dict], expected: set[str], timeout: float, out: IO[str]) -> tuple[int, int]:
     """Print each response as a JSON line until every expected id answered; returns (answered, failed)."""
     answered: set[str] = set()
     failed = 0
     deadline = time.monotonic() + timeout
-    for method, properties, body in ch.consume(queue, auto_ack=True, inactivity_timeout=0.2):
-        if method is not None:
-            response = json.loads(body)
+    while not expected <= answered and time.monotonic() < deadline:
+        ch.connection.process_data_events(time_limit=0.2)
+        while replies:
+            response = replies.pop(0)
+            correlation_id = response.pop("correlation_id") or response.get("request_id", "")
             out.write(json.dumps(response) + "\n")
             out.flush()
-            answered.add(properties.correlation_id or response.get("request_id", ""))
+            answered.add(correlation_id)
             failed += response.get("status") != "success"
-        if expected <= answered or time.monotonic() > deadline:
-            break
-    ch.cancel()
     return len(expected & answered), failed
 
 
@@ -70,9 +80,9 @@ def run(settings: Settings, source: str, wait: float | None, priority: int | Non
     if new_ids:
         requests = [{**request, "request_id": str(uuid.uuid4())} for request in requests]
     with channel(settings) as ch:
-        reply_to = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue if wait else None
+        replies = collect_replies(ch) if wait else []
         try:
-            ids = publish(ch, settings.request_queue, requests, reply_to, priority)
+            ids = publish(ch, settings.request_queue, requests, DIRECT_REPLY_TO if wait else None, priority)
         except UnroutableError:
             print(f"report-worker: queue {settings.request_queue!r} does not exist; "
                   "start the worker once so it declares its queues", file=sys.stderr)
@@ -80,7 +90,7 @@ def run(settings: Settings, source: str, wait: float | None, priority: int | Non
         print(json.dumps({"event": "submitted", "count": len(ids), "queue": settings.request_queue}), file=sys.stderr)
         if not wait:
             return 0
-        answered, failed = wait_for_responses(ch, reply_to, set(ids), wait, sys.stdout)
+        answered, failed = wait_for_responses(ch, replies, set(ids), wait, sys.stdout)
     if answered < len(ids):
         print(json.dumps({"event": "timeout", "answered": answered, "expected": len(ids)}), file=sys.stderr)
         return 1

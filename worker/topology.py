@@ -1,27 +1,29 @@
-"""The queues we declare, their arguments, and a clear error when the broker has them otherwise."""
+"""The queues we declare, their arguments, and what happens when the broker already has them otherwise."""
 
 from pika.exceptions import ChannelClosedByBroker
 
+from worker.logs import EventLog
 from worker.settings import Settings
 
+log = EventLog(__name__)
 PRECONDITION_FAILED = 406
+_warned: set[str] = set()   # shared queues already reported as different, once per process
 
 
 class QueueMismatch(Exception):
-    """A queue exists with other arguments than ours; only an operator can settle that."""
+    """A queue of ours exists with other arguments than ours; only an operator can settle that."""
 
 
 def queue_arguments(settings: Settings) -> dict[str, dict]:
-    """Every queue we own, by name, with its declare arguments."""
+    """Every queue we declare, by name, with its declare arguments.
+
+    The response queue and the DLQ get nothing beyond the queue type, so a backend that declares them
+    first (plain `durable=True`) and the worker agree; responses carry their TTL as a message expiration."""
     base = {"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {}
     request = dict(base)
     if settings.max_priority and settings.queue_type == "classic":
         request["x-max-priority"] = settings.max_priority
-    queues = {
-        settings.request_queue: request,
-        settings.response_queue: {**base, "x-message-ttl": settings.response_ttl_seconds * 1000},
-        settings.dlq: dict(base),
-    }
+    queues = {settings.request_queue: request, settings.response_queue: dict(base), settings.dlq: dict(base)}
     # quorum: the hop back to the request queue is confirmed inside the broker (at-least-once
     # dead-lettering); classic queues dead-letter at most once, a known broker limit
     safe_hop = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"} if base else {}
@@ -36,6 +38,11 @@ def queue_arguments(settings: Settings) -> dict[str, dict]:
     return queues
 
 
+def shared_queues(settings: Settings) -> set[str]:
+    """Queues the backend may declare too, with arguments of its own: we use them as they are."""
+    return {settings.response_queue, settings.dlq}
+
+
 def queue_names(settings: Settings) -> dict[str, str]:
     """Every queue we own by its role: request, response, dlq, retry_<delay>s (metrics labels use the roles)."""
     roles = {"request": settings.request_queue, "response": settings.response_queue, "dlq": settings.dlq}
@@ -45,16 +52,27 @@ def queue_names(settings: Settings) -> dict[str, str]:
 
 
 def declare(connection, settings: Settings) -> None:
-    """Declare every queue on a throw-away channel, so a mismatch cannot close the consuming one."""
+    """Declare every queue on a throw-away channel, so a mismatch cannot close the consuming one.
+
+    A shared queue (response, DLQ) that exists with other arguments is used as it is, with one warning;
+    the request queue and the delay queues are ours to insist on (QueueMismatch)."""
     channel = connection.channel()
     for name, arguments in queue_arguments(settings).items():
         try:
             channel.queue_declare(name, durable=True, arguments=arguments)
         except ChannelClosedByBroker as exc:
-            if exc.reply_code == PRECONDITION_FAILED:
+            if exc.reply_code != PRECONDITION_FAILED:
+                raise
+            if name not in shared_queues(settings):
                 raise QueueMismatch(
                     f"queue {name!r} already exists with other arguments than this worker's "
                     f"(wanted {arguments or 'none'}): {exc.reply_text}"
                 ) from None
-            raise
+            channel = connection.channel()
+            channel.queue_declare(name, passive=True)
+            if name in _warned:
+                continue
+            _warned.add(name)
+            log.warning("queue_arguments_differ", queue=name, wanted=arguments or "none", broker=exc.reply_text,
+                        hint="using the queue as it is; its arguments were set by whoever declared it first")
     channel.close()
