@@ -1,4 +1,4 @@
-"""What the LLM limiter enforces (Limits), what a ledger answers (Verdict, BudgetState), who hears of it (LimitObserver)."""
+"""What the LLM limiter enforces (Limits), what a ledger answers (Verdict, BudgetState), who hears (LimitObserver)."""
 
 import math
 from collections.abc import Mapping
@@ -19,7 +19,7 @@ class Limits:
     max_concurrency: int = 0  # calls in flight at once
     budget_usd_per_day: float = 0.0  # spend per UTC day
     share: float = 1.0  # this process's fraction of each limit while Redis is away (never "no limit")
-    burst_seconds: float = 1.0  # bucket capacity, in seconds of the rate (at least one call)
+    burst_seconds: float = 0.5  # bucket capacity, in seconds of the rate (at least one call)
     lease_seconds: float = 150.0  # a concurrency slot not given back within this is taken back (kill -9)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""The fleet's LLM limits in Redis: GCRA buckets, leased concurrency slots, a cool-down and the day's spend, atomic in Lua."""
+"""The fleet's LLM limits in Redis: GCRA buckets, leased slots, a cool-down and the day's spend, atomic in Lua."""
 
 import redis
 from redis.backoff import NoBackoff
@@ -114,7 +114,8 @@ return tostring(wait)
 def connect(url: str, timeout: float = 0.5) -> redis.Redis:
     """A client fit for the limiter: short timeouts and one immediate retry, so an outage turns into the
     fallback within about a second (redis-py's default, ten retries with backoff, would hold threads for seconds).
-    A retried script may charge a bucket twice (stricter, never looser); a slot's holder id makes its ZADD idempotent."""
+    A retried script may charge a bucket twice (stricter, never looser); the holder id makes a slot's ZADD
+    idempotent."""
     return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                 retry=Retry(NoBackoff(), 1), health_check_interval=0)
 
