@@ -84,6 +84,8 @@ def accept_answer(answer: str | None, *, refusal: str | None = None, finish_reas
         raise GateFailure("report_malformed", f"the answer is not valid JSON{where}") from None
     if any(prose.refuses(text) for text in strings_in(data)):
         raise GateFailure("llm_refused", "a field of the JSON answer refuses")
+    if isinstance(data, dict) and data.get("sections") == []:
+        raise GateFailure("report_incomplete", "the answer has no sections")
     try:
         return ReportContent.model_validate(data)
     except ValidationError as exc:
