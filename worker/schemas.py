@@ -3,7 +3,9 @@
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from worker.categories import UnknownCategory, requested_categories
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
@@ -23,6 +25,15 @@ class ReportGenerationRequest(BaseModel):
     red_flags: list[dict[str, Any] | str] = Field(default_factory=list)
     resources_table: list[dict[str, Any]] = Field(default_factory=list)
     disclaimer: str = ""
+    categories: list[str] | None = None  # the report's sections, chosen by the clinician; else derived from the data
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str] | None) -> list[str] | None:
+        try:
+            return requested_categories(value)
+        except UnknownCategory as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ReportGenerationResponse(BaseModel):
