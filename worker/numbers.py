@@ -17,7 +17,7 @@ UNIT = (
     r"calories\b|kilograms?\b|kg\b|lbs?\b|pounds?\b|cm\b|mm\b|milligrams?\b|mg\b|mcg\b|[µμ]g\b|ml\b|grams?\b|g\b|"
     r"units?\b|°\s?[cf]\b|degrees\b)"
 )
-MEASURE = re.compile(rf"(?<![\w.,/]){CHAIN}\s*{UNIT}", re.IGNORECASE)
+MEASURE = re.compile(rf"(?<![\w.,/])(?P<value>{CHAIN})\s*{UNIT}", re.IGNORECASE)
 BARE = re.compile(rf"(?<![\w.,/\[]){NUMBER}(?![\w\]]|[.,]\d)")
 CITATION = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 # A number written soon after the name of a measurement is that measurement, with or without a unit.
@@ -70,8 +70,8 @@ def mentions(text: str, analytes: Iterable[str] = ()) -> list[Mention]:
     plain = CITATION.sub(lambda m: " " * len(m.group()), text)
     found: dict[int, Mention] = {}
     for match in MEASURE.finditer(plain):
-        for number in re.finditer(NUMBER, match.group()):
-            add(found, match.start() + number.start(), number.group(), clinical=True)
+        for number in re.finditer(NUMBER, match.group("value")):
+            add(found, match.start("value") + number.start(), number.group(), clinical=True)
     context = analyte_pattern(analytes)
     for match in context.finditer(plain):
         if not NOT_A_VALUE.match(plain[match.end():]):
