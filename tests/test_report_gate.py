@@ -250,3 +250,15 @@ def test_inspect_reports_every_check_of_one_answer():
 def test_request_ids_do_not_matter_to_the_gate():
     request = REQUEST.model_copy(update={"request_id": str(uuid.uuid4())})
     assert check(good(request), request=request).title == "Your personal health report"
+
+
+def test_a_fenced_json_answer_is_read_and_titles_are_stored_on_one_line():
+    report = {**good(), "title": "Your   personal\nhealth report"}
+    verdict = check("```json\n" + json.dumps(report) + "\n```")
+    assert verdict.title == "Your personal health report"
+    refused("```json\n" + json.dumps(report), "report_malformed")
+
+
+@pytest.mark.parametrize("hidden", ["\u202e", "\u2066", "\x00", "\x1b[31m"])
+def test_invisible_control_characters_are_unsafe(hidden):
+    refused({**good(), "summary": f"Your results{hidden} explained."}, "unsafe_content")

@@ -1,6 +1,7 @@
 """The gate before the store: a model's report is accepted only when it checks against the request and the prompt."""
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,6 +29,7 @@ ERROR_CODES = {
     "number_mismatch": "a number with a clinical unit or a percent that is neither in the request nor in a cited entry",
 }
 CHECKS = ("answer", "sections", "safety", "citations", "numbers")
+FENCED = re.compile(r"\s*```(?:json)?\s*\n(.*)\n\s*```\s*", re.DOTALL)
 
 
 class GateFailure(Exception):
@@ -75,8 +77,9 @@ def accept_answer(answer: str | None, *, refusal: str | None = None, finish_reas
         raise GateFailure("llm_content_filter", "the provider's content filter stopped the answer")
     if answer is None or not answer.strip():
         raise GateFailure("report_malformed", "the answer is empty")
+    fenced = FENCED.fullmatch(answer)  # some OpenAI-compatible servers wrap JSON mode answers in a code fence
     try:
-        data = json.loads(answer)
+        data = json.loads(fenced.group(1) if fenced else answer)
     except (json.JSONDecodeError, RecursionError) as exc:
         if prose.refuses(answer):
             raise GateFailure("llm_refused", "the answer is prose that refuses") from None
@@ -99,8 +102,13 @@ def check_content(content: ReportContent, categories: Sequence[str], knowledge: 
     screen(content)
     citations, dropped = resolve_citations(content, sections, knowledge)
     unverified, verified = check_numbers(content, citations, knowledge, request, patient_fields)
-    return Verdict(content.title.strip(), content.summary.strip(), tuple(sections), tuple(citations),
+    return Verdict(one_line(content.title), content.summary.strip(), tuple(sections), tuple(citations),
                    tuple(unverified), tuple(dropped), verified)
+
+
+def one_line(text: str) -> str:
+    """A title or heading as one line: the backend may show the stored JSON without our Markdown."""
+    return " ".join(text.split())
 
 
 def inspect(answer: str | None, *, categories: Sequence[str], knowledge: Sequence[Mapping], request: Any,
@@ -141,7 +149,7 @@ def strings_in(value: Any) -> Iterable[str]:
 
 
 def sorted_sections(content: ReportContent) -> list[dict]:
-    return [{"category": normalize(s.category) or s.category, "heading": s.heading.strip(), "body": s.body.strip()}
+    return [{"category": normalize(s.category) or s.category, "heading": one_line(s.heading), "body": s.body.strip()}
             for s in content.sections]
 
 

@@ -4,6 +4,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 NUMBER = r"\d+(?:,\d{3})*(?:[.,]\d+)?"
@@ -72,7 +73,7 @@ def mentions(text: str, analytes: Iterable[str] = ()) -> list[Mention]:
     for match in MEASURE.finditer(plain):
         for number in re.finditer(NUMBER, match.group("value")):
             add(found, match.start("value") + number.start(), number.group(), clinical=True)
-    context = analyte_pattern(analytes)
+    context = analyte_pattern(tuple(sorted({name.lower() for name in analytes if len(name) >= 3})))
     for match in context.finditer(plain):
         if not NOT_A_VALUE.match(plain[match.end():]):
             for number in re.finditer(NUMBER, match.group("value")):
@@ -88,8 +89,10 @@ def add(found: dict[int, Mention], position: int, text: str, clinical: bool) -> 
         found[position] = Mention(text, parsed[0], parsed[1], clinical)
 
 
-def analyte_pattern(extra: Iterable[str]) -> re.Pattern:
-    names = sorted({*ANALYTES, *(name.lower() for name in extra if len(name) >= 3)}, key=len, reverse=True)
+@lru_cache(maxsize=256)
+def analyte_pattern(extra: tuple[str, ...]) -> re.Pattern:
+    """Our analyte names and the request's lab names, each followed within a few words by a number."""
+    names = sorted({*ANALYTES, *extra}, key=len, reverse=True)
     alternatives = "|".join(re.escape(name) for name in names)
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)[^.;:\d\[\]\n]{{0,30}}?(?P<value>{CHAIN})(?![\w.,]\d)",
                       re.IGNORECASE)

@@ -25,6 +25,8 @@ DOMAIN = re.compile(rf"\b(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+(?:{TLDS})
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PHONE = re.compile(r"(?<![\w.,/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,5}){1,4}(?![\w/]|[.,]\d)")
 DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
+# Characters that hide or reorder text: bidi overrides and isolates, C0 and C1 controls (not tab or newline).
+HIDDEN = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]")
 HTML = re.compile(r"</?[a-z][a-z0-9-]*(?=[\s/>])|<!--|<!\[cdata\[|<\?", re.I)
 
 CITATION = re.compile(r"\[\s*(\d{1,3}(?:\s*,\s*\d{1,3})*)\s*\]")
@@ -47,9 +49,11 @@ def refuses(text: str) -> bool:
 
 
 def unsafe_kind(text: str) -> str | None:
-    """The first kind of forbidden content in a text (url, domain, e-mail, phone, html), or None."""
+    """The first kind of forbidden content in a text (HTML, hidden characters, URL, e-mail, domain, phone), or None."""
     if HTML.search(text):
         return "HTML"
+    if HIDDEN.search(text):
+        return "invisible control characters"
     if URL.search(text):
         return "a URL"
     if EMAIL.search(text):
