@@ -115,7 +115,8 @@ def test_the_fake_good_answer_conforms_to_the_schema_and_a_bad_one_does_not():
 def test_without_knowledge_the_schema_still_is_strict_and_valid():
     schema = report_schema(["general_health"], [])
     assert "enum" not in schema["properties"]["citations"]["items"]["properties"]["n"]
-    assert schema_problem({"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": schema}}) is None
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "strict": True, "schema": schema}}
+    assert schema_problem(fmt) is None
 
 
 def test_json_object_fallback_spells_out_the_shape():

@@ -58,6 +58,7 @@ NEGATION_AFTER = re.compile(
 SCOPE_END = re.compile(r"\b(?:but|however|although|though|except|yet|apart from|has|have|with|reports|presents)\b")
 CLAUSE_END = re.compile(r"[.;!?\n]+")
 SCOPE_WORDS = 6
+NO_DIABETES = ("", "no", "none", "false", "unknown")
 CURRENT_SMOKER = re.compile(r"^(?:yes|true|current|daily|some days|smoker|occasional|everyday)\b")
 LAB_NAME_KEYS = ("name", "test", "test_name", "code", "display", "label", "analyte")
 # Patient fields read for categories (never the name, notes about identity, or contact details).
@@ -126,7 +127,7 @@ def structured_categories(patient: Mapping[str, Any]) -> set[str]:
     if smoker is True or (isinstance(smoker, str) and CURRENT_SMOKER.match(smoker.strip().lower())):
         found.add("smoking_cessation")
     diabetes = patient.get("diabetes")
-    if diabetes is True or (isinstance(diabetes, str) and diabetes.strip().lower() not in ("", "no", "none", "false", "unknown")):
+    if diabetes is True or (isinstance(diabetes, str) and diabetes.strip().lower() not in NO_DIABETES):
         found.add("diabetes")
     bmi = body_mass_index(patient)
     if bmi is not None and not 18.5 <= bmi < 25:

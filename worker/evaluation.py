@@ -105,7 +105,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lines = [
         f"cases: {summary['cases']}  outcomes as expected: {percent(summary['outcomes_as_expected'])}  "
         f"categories as expected: {percent(summary['categories_as_expected'])}",
-        "checks passed (per answer): " + "  ".join(f"{name} {percent(rate)}" for name, rate in summary["checks"].items()),
+        "checks passed (per answer): "
+        + "  ".join(f"{name} {percent(rate)}" for name, rate in summary["checks"].items()),
         f"LLM calls: {summary['calls']} (repairs: {summary['repairs']})  cost: "
         + ("unknown (a model without a price)" if summary["cost_usd"] is None else f"${summary['cost_usd']:.4f}"),
     ]

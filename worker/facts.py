@@ -167,7 +167,8 @@ def resource_rows(resources: Iterable[Any]) -> tuple[list[str], list[dict[str, s
         for key in resource:
             if str(key) not in columns:
                 columns.append(str(key))
-        rows.append({str(k): "" if v is None else (v if isinstance(v, str) else text_of(v)) for k, v in resource.items()})
+        rows.append({str(key): "" if value is None else value if isinstance(value, str) else text_of(value)
+                     for key, value in resource.items()})
     return columns, rows
 
 

@@ -11,7 +11,8 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.fakeanswers import MALFORMED_ANSWER, MODES, answer_for, check_modes, completion_body, mode_of, schema_problem
+from worker.fakeanswers import (MALFORMED_ANSWER, MODES, answer_for, check_modes, completion_body, mode_of,
+                                schema_problem)
 
 
 @dataclasses.dataclass(frozen=True)

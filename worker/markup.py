@@ -7,7 +7,9 @@ INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&])")
 # Our citation marks [1] and [1, 2] are shown as written; only they keep their brackets.
 KEPT_MARK = re.compile(r"\\\[(\d{1,3}(?:,\s?\d{1,3})*)\\\]")
 # Invisible characters that reorder or hide text: bidi overrides and isolates, zero-width, C0/C1 controls.
-HIDDEN = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+HIDDEN = re.compile(
+    r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]"
+)
 # What makes a line a block of its own at its start (after the escapes above): a bullet, a setext
 # underline or a rule, or an ordered-list number.
 BULLET = re.compile(r"^([-+=])")

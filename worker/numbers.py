@@ -1,4 +1,4 @@
-"""Numbers in the model's prose: which are clinical (a unit, a percent, a lab's value) and whether the input has them."""
+"""Numbers in the model's prose: which are clinical (a unit, a percent, a lab's value), and is each in the input."""
 
 import re
 from collections.abc import Iterable, Iterator, Mapping

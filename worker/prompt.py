@@ -68,7 +68,8 @@ def build_messages(request: Any, knowledge: Sequence[Mapping], categories: Seque
     """The system prompt and the user message (a JSON document); with json_object the shape is spelled out."""
     if structured not in STRUCTURED_MODES:
         raise ValueError(f"structured output must be one of {', '.join(STRUCTURED_MODES)}")
-    shape = "" if structured == "json_schema" else SHAPE_NOTE.format(shape=json.dumps(answer_shape(categories), indent=1))
+    shape = "" if structured == "json_schema" else SHAPE_NOTE.format(
+        shape=json.dumps(answer_shape(categories), indent=1))
     document = prompt_document(request, knowledge, categories, patient_fields)
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(shape=shape)},
@@ -112,8 +113,8 @@ def report_schema(categories: Sequence[str], knowledge: Sequence[Mapping]) -> di
     return closed({
         "title": {"type": "string", "description": "one short line of plain text"},
         "summary": {"type": "string", "description": "two to four plain sentences"},
-        "sections": {"type": "array", "description": f"exactly one per category, in this order: {', '.join(categories)}",
-                     "items": section},
+        "sections": {"type": "array", "items": section,
+                     "description": f"exactly one per category, in this order: {', '.join(categories)}"},
         "citations": {"type": "array", "items": closed({"n": number, "kb_id": kb_id})},
     })
 

@@ -5,13 +5,15 @@ from collections.abc import Iterator
 
 REFUSALS = (
     # "I'm sorry, but I can't …", "We are afraid we cannot …"
-    re.compile(r"\b(?:i|we)\s*(?:am|'m|’m|are|'re|’re)?\s*(?:sorry|afraid),?\s*(?:but\s*)?(?:i|we)\s*(?:can(?:no|'|’)?t|"
-               r"can not|(?:am|'m|’m|are)\s+(?:unable|not able)|won(?:'|’)t|will not|must decline)", re.I),
+    re.compile(r"\b(?:i|we)\s*(?:am|'m|’m|are|'re|’re)?\s*(?:sorry|afraid),?\s*(?:but\s*)?(?:i|we)\s*"
+               r"(?:can(?:no|'|’)?t|can not|(?:am|'m|’m|are)\s+(?:unable|not able)|won(?:'|’)t|will not|must decline)",
+               re.I),
     # "I cannot help with", "I am unable to provide", "I must decline to write"
     re.compile(r"\b(?:i|we)\s+(?:can(?:no|'|’)?t|can not|(?:am|'m|’m|are)\s+(?:unable|not able)\s+to|won(?:'|’)t|"
                r"will not|(?:must|have to)\s+decline(?:\s+to)?)\s+(?:help|assist|provide|create|write|generate|"
                r"comply|fulfil|fulfill|answer|offer|give|produce|complete|do\s+(?:that|this))\b", re.I),
-    re.compile(r"\bas an ai\b|\bas an? (?:ai |large )?language model\b|\bi(?:'m|’m| am) (?:just |only )?an? ai\b", re.I),
+    re.compile(r"\bas an ai\b|\bas an? (?:ai |large )?language model\b|\bi(?:'m|’m| am) (?:just |only )?an? ai\b",
+               re.I),
     re.compile(r"^\W*(?:i(?:'m|’m| am) sorry|sorry|i apologi[sz]e|unfortunately,? i)\b", re.I),
 )
 URL = re.compile(r"\b(?:https?|ftps?|file)://|\bwww\d?\.|\b(?:javascript|vbscript|mailto):|\bdata:[a-z]+/[\w.+-]+[;,]"
@@ -23,7 +25,8 @@ TLDS = ("com|org|net|edu|gov|mil|int|info|biz|io|co|ly|ai|app|dev|xyz|online|sit
 DOMAIN = re.compile(rf"\b(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+(?:{TLDS})\b(?![-.]?\w)"
                     r"|\b[a-z0-9-]+\.[a-z]{2,}/\S", re.I)
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-PHONE = re.compile(r"(?<![\w.,/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,5}){1,4}(?![\w/]|[.,]\d)")
+PHONE = re.compile(r"(?<![\w.,/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,5}){1,4}"
+                   r"(?![\w/]|[.,]\d)")
 DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}")
 # Characters that hide or reorder text: bidi overrides and isolates, C0 and C1 controls (not tab or newline).
 HIDDEN = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]")

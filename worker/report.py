@@ -154,7 +154,8 @@ def render_markdown(content: Mapping[str, Any], citations_resolved: Sequence[Map
         lines.append("")
     if content.get("cvd_summary"):
         lines += ["## Your heart and circulation risk", ""]
-        lines += [f"- {markup.inline(label)}: {markup.inline(value)}" for label, value in cvd_rows(content["cvd_summary"])]
+        lines += [f"- {markup.inline(label)}: {markup.inline(value)}"
+                  for label, value in cvd_rows(content["cvd_summary"])]
         lines.append("")
     for section in content["sections"]:
         heading = section.get("heading") or LABELS.get(section.get("category"), "")
