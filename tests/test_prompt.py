@@ -8,8 +8,8 @@ from tests.gateflow import ROOT, knowledge_for
 from worker.categories import categories_for
 from worker.fakeanswers import build_report, schema_problem
 from worker.fakellm import request_document
-from worker.prompt import (PROMPT_VERSION, SCHEMA_NAME, build_messages, repair_messages, report_schema,
-                           response_format)
+from worker.prompt import (PROMPT_VERSION, SCHEMA_NAME, build_messages, knowledge_record, repair_messages,
+                           report_schema, response_format)
 from worker.schemas import ReportGenerationRequest
 
 SAMPLE = json.loads((ROOT / "worker" / "data" / "sample_request.json").read_text())
@@ -136,3 +136,9 @@ def test_repair_appends_the_answer_and_the_reason():
     repaired = repair_messages(messages, None, "the section for diabetes cites no knowledge entry")
     assert repaired[:2] == messages and repaired[2] == {"role": "assistant", "content": "(no answer)"}
     assert "the section for diabetes cites no knowledge entry" in repaired[3]["content"]
+
+
+def test_knowledge_record_for_the_audit_trail():
+    knowledge = knowledge_for(["diabetes"])
+    assert knowledge_record(knowledge) == [{"n": n, "id": e["id"], "last_updated": e["last_updated"]}
+                                           for n, e in enumerate(knowledge, 1)]

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from tests.gateflow import ROOT, knowledge_for
 from worker.categories import CLINICAL_ORDER, categories_for, mentioned, requested_categories
 from worker.disclosure import DEFAULT_PATIENT_FIELDS, DisallowedField, parse_fields, patient_for_llm
-from worker.facts import known_values
+from worker.facts import clinical_input, input_digest, known_values
 from worker.prompt import build_messages
 from worker.schemas import ReportGenerationRequest
 
@@ -147,3 +147,11 @@ def test_numbers_the_model_may_state_come_from_what_it_is_shown():
     known = {str(value) for value in known_values(req)}
     assert {"162", "6.1", "11.8", "180", "120", "56", "27.2"} <= known
     assert "998877" not in known and "10077" not in known
+
+
+def test_audit_input_and_its_digest_ignore_only_the_request_id():
+    first, second = request(request_id="a-1"), request(request_id="b-2")
+    assert clinical_input(first) == clinical_input(second) and "request_id" not in clinical_input(first)
+    assert input_digest(first) == input_digest(second) and len(input_digest(first)) == 64
+    assert input_digest(request(labs=[])) != input_digest(first)
+    assert clinical_input(first)["patient"] == SAMPLE["patient"]

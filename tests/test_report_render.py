@@ -172,3 +172,17 @@ def test_lab_shapes_are_read_tolerantly():
         {"name": "—", "value": 1, "unit": "", "reference_range": "", "flag": None},
     ]
     assert flag_by_text(Decimal("7"), "nonsense") is None
+
+
+def sample_markdown() -> str:
+    return render_markdown(report_for(ReportGenerationRequest.model_validate(SAMPLE)))
+
+
+def test_the_example_report_for_the_readme_is_current():
+    """tests/data/eval/sample_report.md is the sample request's report from the fake LLM (for the README).
+    After an intended change: python -c 'from tests.test_report_render import write_example; write_example()'"""
+    assert (ROOT / "tests" / "data" / "eval" / "sample_report.md").read_text(encoding="utf-8") == sample_markdown()
+
+
+def write_example() -> None:
+    (ROOT / "tests" / "data" / "eval" / "sample_report.md").write_text(sample_markdown(), encoding="utf-8")

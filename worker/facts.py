@@ -1,5 +1,6 @@
 """The facts of a report, taken from the request by our code: results, risk, plan, resources, red flags."""
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -195,3 +196,14 @@ def facts_of(request: Any, default_disclaimer: str = DEFAULT_DISCLAIMER) -> dict
         "resources": [dict(resource) for resource in request.resources_table if isinstance(resource, Mapping)],
         "disclaimer": disclaimer_for(request, default_disclaimer),
     }
+
+
+def clinical_input(request: Any) -> dict[str, Any]:
+    """The request as stored for the audit trail (the seed's full MedicalReport): everything but its request_id."""
+    return {key: value for key, value in request.model_dump(mode="json").items() if key != "request_id"}
+
+
+def input_digest(request: Any) -> str:
+    """SHA-256 of the canonical JSON of `clinical_input` (sorted keys, no spaces, UTF-8)."""
+    canonical = json.dumps(clinical_input(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

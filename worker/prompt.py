@@ -132,3 +132,9 @@ def answer_shape(categories: Sequence[str]) -> dict:
                       "heading": "string, one short line", "body": "string, cites as [n]"}],
         "citations": [{"n": "integer, the knowledge entry number", "kb_id": "string, that entry's id"}],
     }
+
+
+def knowledge_record(knowledge: Sequence[Mapping]) -> list[dict]:
+    """The prompt's entries for the audit trail: number, id and last_updated."""
+    return [{"n": n, "id": str(entry.get("id")), "last_updated": entry.get("last_updated")}
+            for n, entry in enumerate(knowledge, start=1)]
