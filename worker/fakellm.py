@@ -1,4 +1,4 @@
-"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency and faults."""
+"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency, faults and bad answers."""
 
 import argparse
 import dataclasses
@@ -8,12 +8,11 @@ import signal
 import socket
 import sys
 import threading
-import time
-import uuid
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-MALFORMED_ANSWER = '{"title": "Your health report", "summary": "This answer stops in the middle'
+from worker.fakeanswers import (MALFORMED_ANSWER, MODES, answer_for, check_modes, completion_body, mode_of,
+                                schema_problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +27,8 @@ class Faults:
     malformed_rate: float = 0.0
     hang_seconds: float = 120.0
     malformed_first: int = 0  # answer malformed to the first N calls of each request_id
+    mode: str = "good"  # the answer of every request without a mode of its own (see fakeanswers.MODES)
+    modes: dict = dataclasses.field(default_factory=dict)  # request_id → mode, or "mode:once" (first call only)
 
 
 class Server(ThreadingHTTPServer):
@@ -60,8 +61,16 @@ class Server(ThreadingHTTPServer):
 
     def configure(self, **settings) -> Faults:
         with self.lock:
-            self.faults = dataclasses.replace(self.faults, **settings)
-            return self.faults
+            faults = dataclasses.replace(self.faults, **settings)
+            check_modes(faults.mode, faults.modes)
+            self.faults = faults
+            return faults
+
+    def set_mode(self, request_id: str, mode: str) -> None:
+        """Answer `request_id` in `mode` ("wrong-citation", or "wrong-citation:once" for its first call only)."""
+        with self.lock:
+            check_modes(self.faults.mode, {request_id: mode})
+            self.faults = dataclasses.replace(self.faults, modes={**self.faults.modes, request_id: mode})
 
     def draw(self, request_id: str) -> tuple[Faults, int, dict[str, bool], float]:
         """Count one chat call and roll its dice: (faults, call number for its request, fault flags, delay)."""
@@ -160,9 +169,17 @@ class Handler(BaseHTTPRequestHandler):
         if rolls["timeout"] and self.server.stopping.wait(faults.hang_seconds):
             self.close_connection = True
             return
-        malformed = rolls["malformed"] or call_number <= faults.malformed_first
-        answer = MALFORMED_ANSWER if malformed else json.dumps(build_report(document))
-        self.reply(200, completion_body(chat.get("model") or "fake-llm", body, answer))
+        problem = schema_problem(chat.get("response_format"))
+        if problem:
+            self.reply(400, error_body(f"Invalid schema for response_format: {problem}", "invalid_request_error"))
+            return
+        if rolls["malformed"] or call_number <= faults.malformed_first:
+            answer = completion_body(chat.get("model") or "fake-llm", body, MALFORMED_ANSWER)
+        else:
+            mode = mode_of(str(document.get("request_id", "")), call_number, faults.mode, faults.modes)
+            reply = answer_for(mode, document, chat.get("response_format"))
+            answer = completion_body(chat.get("model") or "fake-llm", body, reply)
+        self.reply(200, answer)
 
     def reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -191,40 +208,6 @@ def request_document(messages: list) -> dict:
             if isinstance(document, dict):
                 return document
     return {}
-
-
-def build_report(document: dict) -> dict:
-    """A schema-valid report: one section per category, citing that category's knowledge entries."""
-    knowledge = [entry for entry in document.get("knowledge") or [] if isinstance(entry, dict)]
-    categories = document.get("categories") or sorted({str(e.get("category")) for e in knowledge}) or ["general_health"]
-    sections, cited = [], {}
-    for category in categories:
-        entries = [entry for entry in knowledge if entry.get("category") == category]
-        marks = "".join(f"[{entry['n']}]" for entry in entries)
-        topics = "; ".join(str(entry.get("title")) for entry in entries) or "general guidance"
-        body = f"Here is what your results mean for {category.replace('_', ' ')}. Key points: {topics} {marks}".strip()
-        sections.append({"category": category, "heading": category.replace("_", " ").title(), "body": body})
-        cited.update({entry["n"]: entry.get("id") for entry in entries})
-    return {
-        "title": "Your personal health report",
-        "summary": f"This report explains your results across {len(categories)} topics in plain language.",
-        "sections": sections,
-        "citations": [{"n": n, "kb_id": kb_id} for n, kb_id in sorted(cited.items())],
-    }
-
-
-def completion_body(model: str, prompt: bytes, answer: str) -> dict:
-    prompt_tokens, completion_tokens = max(1, len(prompt) // 4), max(1, len(answer) // 4)
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }
 
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict:
@@ -262,6 +245,9 @@ class FakeLLM:
     def configure(self, **settings) -> None:
         self._server.configure(**settings)
 
+    def set_mode(self, request_id: str, mode: str) -> None:
+        self._server.set_mode(request_id, mode)
+
     def reset(self) -> None:
         self._server.reset()
 
@@ -282,6 +268,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share of calls answered 429")
     parser.add_argument("--timeout-rate", type=float, default=0.0, help="share of calls that hang 120 s")
     parser.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers that are not JSON")
+    parser.add_argument("--mode", default="good", choices=sorted(MODES),
+                        help="the answer to requests without their own mode (a request_id ending @fake:MODE)")
     parser.add_argument("--seed", type=int, default=None)
 
 
@@ -291,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # server threads inherit the block
     fake = FakeLLM(args.host, args.port, args.seed, latency=args.latency, jitter=args.jitter,
                    error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
-                   timeout_rate=args.timeout_rate, malformed_rate=args.malformed_rate)
+                   timeout_rate=args.timeout_rate, malformed_rate=args.malformed_rate,
+                   mode=getattr(args, "mode", "good"))
     try:
         fake.start()
         print(json.dumps({"event": "fake_llm_listening", "url": fake.url}), flush=True)

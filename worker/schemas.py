@@ -3,8 +3,9 @@
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from worker.categories import UnknownCategory, requested_categories
 from worker.errors import CODES
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
@@ -38,6 +39,15 @@ class ReportGenerationRequest(BaseModel):
     red_flags: list[dict[str, Any] | str] = Field(default_factory=list)
     resources_table: list[dict[str, Any]] = Field(default_factory=list)
     disclaimer: str = ""
+    categories: list[str] | None = None  # the report's sections, chosen by the clinician; else derived from the data
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: list[str] | None) -> list[str] | None:
+        try:
+            return requested_categories(value)
+        except UnknownCategory as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="before")
     @classmethod
