@@ -32,3 +32,7 @@ BROKER_RECONNECTS = Counter("report_worker_broker_reconnects", "Reconnections to
 REDELIVERIES = Counter(
     "report_worker_redeliveries", "Deliveries the broker marked as redelivered (an earlier consumer did not ack)."
 )
+INTAKE_PAUSED = Gauge(
+    "report_worker_intake_paused", "Children that stopped taking messages, by why (1 while any is paused).",
+    ["reason"], multiprocess_mode="livemax",
+)

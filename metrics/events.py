@@ -37,3 +37,6 @@ class PrometheusEvents(Events):
 
     def cache_result(self, cache: str, result: str) -> None:
         m.CACHE_REQUESTS.labels(cache, result).inc()
+
+    def intake_paused(self, reason: str, paused: bool) -> None:
+        m.INTAKE_PAUSED.labels(reason).set(1 if paused else 0)

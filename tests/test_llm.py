@@ -18,11 +18,12 @@ import openai
 import pytest
 from prometheus_client import REGISTRY
 
-from worker.errors import PermanentError, TransientError
 from metrics.events import PrometheusEvents
+from worker.categories import CLINICAL_ORDER, categories_for
+from worker.errors import Paused, PermanentError, TransientError
 from worker.fakellm import FakeLLM, add_arguments
-from worker.llm import DEFAULT_PRICES, ReportWriter, categories_for, classify, cost_of
-from worker.report import MalformedReport, ReportContent, parse_report, red_flag_text
+from worker.llm import DEFAULT_PRICES, ReportWriter, classify, cost_of
+from worker.report import ReportContent, red_flag_text
 from worker.schemas import ReportGenerationRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,12 +120,13 @@ def test_malformed_answer_is_repaired_once():
     assert result.cost_usd == pytest.approx(expected)
 
 
-def test_always_malformed_is_transient():
+def test_always_malformed_fails_after_one_repair_with_its_code():
     request = make_request()
     with FakeLLM(malformed_rate=1.0) as fake:
-        with pytest.raises(TransientError, match="malformed"):
+        with pytest.raises(PermanentError, match="gate twice") as failed:
             make_writer(fake).generate(request, categories_for(request), knowledge_for(request))
         assert fake.stats()["by_request"] == {request.request_id: 2}
+    assert failed.value.code == "report_malformed"
 
 
 def test_server_error_is_transient_after_the_client_retry():
@@ -192,29 +194,14 @@ def test_status_classification():
 
     assert isinstance(classify(status_error(openai.BadRequestError, 400))[1], PermanentError)
     assert isinstance(classify(status_error(openai.UnprocessableEntityError, 422))[1], PermanentError)
-    assert isinstance(classify(status_error(openai.AuthenticationError, 401))[1], TransientError)
+    assert classify(status_error(openai.AuthenticationError, 401))[1].code == "llm_unauthorized"
+    assert isinstance(classify(status_error(openai.PermissionDeniedError, 403))[1], Paused)
+    assert classify(status_error(openai.NotFoundError, 404))[1].code == "llm_model_not_found"
     assert classify(status_error(openai.RateLimitError, 429))[0] == "rate_limited"
     assert isinstance(classify(status_error(openai.InternalServerError, 503))[1], TransientError)
     assert classify(openai.APITimeoutError(request=request))[0] == "timeout"
-    assert cost_of(DEFAULT_PRICES, "unknown-model", 1_000_000, 1_000_000) == sum(DEFAULT_PRICES["default"])
-
-
-def test_parse_report_rejects_bad_citations():
-    knowledge = [{"id": "kb-a", "title": "A", "source_url": "https://example.org/a"}]
-    good = {"title": "T", "summary": "S [1]", "sections": [{"category": "c", "heading": "H", "body": "B"}],
-            "citations": [{"n": 1, "kb_id": "kb-a", "url": "https://evil.example/"}]}
-    content, citations = parse_report(json.dumps(good), knowledge)
-    assert citations == [{"n": 1, "kb_id": "kb-a", "title": "A", "source_url": "https://example.org/a"}]
-    for bad in (
-        {**good, "citations": [{"n": 1, "kb_id": "kb-zzz"}]},
-        {**good, "summary": "S [2]"},
-        {**good, "citations": [{"n": 1, "kb_id": "kb-a"}, {"n": 1, "kb_id": "kb-a"}]},
-        {**good, "sections": []},
-    ):
-        with pytest.raises(MalformedReport):
-            parse_report(json.dumps(bad), knowledge)
-    with pytest.raises(MalformedReport, match="not valid JSON"):
-        parse_report('{"title": ', knowledge)
+    assert cost_of(DEFAULT_PRICES, "unknown-model", 1_000_000, 1_000_000) is None  # not priced as gpt-4o
+    assert cost_of({**DEFAULT_PRICES, "default": (1.0, 2.0)}, "unknown-model", 1_000_000, 1_000_000) == 3.0
 
 
 @pytest.mark.parametrize(
@@ -232,7 +219,8 @@ def test_parse_report_rejects_bad_citations():
     ],
 )
 def test_categories_for(changes, expected):
-    assert categories_for(make_request(**changes)) == expected
+    request = make_request(**{"patient": {"age": 56, "sex": "male"}, **changes})  # a BMI would add weight_management
+    assert categories_for(request) == sorted(expected, key=CLINICAL_ORDER.index)
 
 
 def test_fake_control_and_reset_over_http():
@@ -245,7 +233,7 @@ def test_fake_control_and_reset_over_http():
             post("/_control", {"no_such_setting": 1})
         assert info.value.code == 400
         request = make_request()
-        with pytest.raises(TransientError):
+        with pytest.raises(PermanentError, match="gate twice"):  # malformed twice: failed, not retried
             make_writer(fake).generate(request, categories_for(request), knowledge_for(request))
         post("/_reset", {})
         stats = json.load(urllib.request.urlopen(base + "/_stats", timeout=5))

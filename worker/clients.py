@@ -7,7 +7,9 @@ clients here. Call after a fork, never before: each process opens its own connec
 import redis
 
 from worker.cache import Cache
+from worker.disclosure import parse_fields
 from worker.events import NO_EVENTS, Events
+from worker.facts import DEFAULT_DISCLAIMER
 from worker.llm import DEFAULT_PRICES, ReportWriter
 from worker.settings import Settings, parse_prices
 from worker.store import Store
@@ -37,4 +39,10 @@ def writer(settings: Settings, events: Events = NO_EVENTS, timeout: float | None
         max_retries=settings.llm_max_retries if max_retries is None else max_retries,
         prices={**DEFAULT_PRICES, **parse_prices(settings.llm_prices)},
         events=events,
+        temperature=settings.llm_temperature,
+        max_tokens=settings.llm_max_tokens,
+        structured=settings.llm_structured_output,
+        patient_fields=parse_fields(settings.llm_patient_fields),
+        disclaimer=settings.report_disclaimer or DEFAULT_DISCLAIMER,
+        connections=settings.worker_threads,
     )

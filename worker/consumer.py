@@ -1,21 +1,20 @@
 """One consumer process: the I/O loop owns pika, a thread pool does the slow work."""
 
 import functools
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
 import pika
-from pika.exceptions import (
-    AMQPChannelError, AMQPError, ChannelClosed, ConsumerCancelled, NackError, UnroutableError,
-)
+from pika.exceptions import AMQPError, ChannelClosed, ConsumerCancelled
 
 from worker import exitcodes, frames
-from worker.broker import connection_parameters
+from worker.broker import Backoff, connection_parameters, describe_error
 from worker.delivery import Delivery, Settlement
-from worker.events import NO_EVENTS, Events, timed
+from worker.events import NO_EVENTS, Events
+from worker.pauses import Pauses, Probe
+from worker.settler import Settler
 from worker.logs import EventLog
 from worker.settings import Settings
 from worker.topology import QueueMismatch, declare
@@ -23,34 +22,16 @@ from worker.topology import QueueMismatch, declare
 log = EventLog(__name__)
 
 TICK_SECONDS = 0.5
-CONSUMER_TIMEOUT_HINT = (
-    "the broker closed the channel: if the reply says 'delivery acknowledgement timed out', "
-    "a message waited longer than RabbitMQ's consumer_timeout between delivery and ack; lower "
-    "RABBITMQ_PREFETCH_COUNT (towards WORKER_THREADS) or LLM_TIMEOUT_SECONDS, or raise consumer_timeout"
-)
-
-
-class Backoff:
-    """Exponential delays with full jitter between `first` and `cap` seconds."""
-
-    def __init__(self, first: float = 0.25, cap: float = 2.0):
-        self.first, self.cap, self.attempts = first, cap, 0
-
-    def next(self) -> float:
-        self.attempts += 1
-        return random.uniform(self.first, min(self.cap, self.first * 2 ** self.attempts))
-
-    def reset(self) -> None:
-        self.attempts = 0
-
-
+BLOCKED_AFTER = 1.0   # a confirm awaited this long (or a connection.blocked from the broker): phase "blocked"
 @dataclass(frozen=True)
 class Status:
-    """What the supervisor may know of a consumer: its phase and how many messages it settled / holds."""
+    """What the supervisor may know of a consumer: its phase, counts, and when its I/O loop last turned."""
 
-    phase: str      # connecting (no channel yet, or reconnecting), consuming, draining
-    settled: int
-    inflight: int
+    phase: str          # connecting, consuming, blocked, paused, draining (worker.lifecycle's words)
+    settled: int        # deliveries settled since start
+    inflight: int       # deliveries received and not settled yet
+    ticked_at: float    # time.monotonic() of the I/O loop's last turn; it stops while a confirm is awaited
+    paused: tuple[str, ...] = ()   # why it takes no messages now (llm_unauthorized, budget_exhausted, ...)
 
 
 class Consumer:
@@ -62,11 +43,16 @@ class Consumer:
         handle: Callable[[Delivery], Settlement],
         on_tick: Callable[["Consumer"], None] | None = None,
         events: Events = NO_EVENTS,
+        probe: Probe | None = None,
     ):
         self.settings = settings
         self.handle = handle
         self.on_tick = on_tick
         self.events = events
+        self.pauses = Pauses(probe, settings.intake_probe_seconds, events)
+        self.settler = Settler(events)
+        self.broker_blocked = False   # the broker sent connection.blocked (a memory or disk alarm)
+        self.ticked_at = time.monotonic()
         self.stopping = False
         self.exit_code = exitcodes.OK
         self.draining = False
@@ -86,13 +72,19 @@ class Consumer:
         self.stopping = True
 
     def status(self) -> Status:
+        """Safe from any thread: it reads plain attributes the I/O thread writes."""
+        waiting = self.settler.waiting_since
         if self.draining or self.stopping:
             phase = "draining"
         elif self.channel is None:
             phase = "connecting"
+        elif self.broker_blocked or (waiting is not None and time.monotonic() - waiting > BLOCKED_AFTER):
+            phase = "blocked"
+        elif self.pauses:
+            phase = "paused"
         else:
             phase = "consuming"
-        return Status(phase, self.settled, len(self.pending))
+        return Status(phase, self.settled, len(self.pending), self.ticked_at, tuple(sorted(self.pauses.reasons)))
 
     # ---- the I/O thread ---------------------------------------------------------------------
 
@@ -117,10 +109,10 @@ class Consumer:
                     if self.stopping:
                         break
                     if not connected_once and time.monotonic() > give_up_at:
-                        log.error("broker_unreachable", error=_describe(exc), seconds=self.settings.connect_timeout)
+                        log.error("broker_unreachable", error=describe_error(exc), seconds=self.settings.connect_timeout)
                         return exitcodes.CONNECT
                     delay = backoff.next()
-                    log.warning("broker_connection_lost", error=_describe(exc), retry_in=round(delay, 2))
+                    log.warning("broker_connection_lost", error=describe_error(exc), retry_in=round(delay, 2))
                     self._sleep(delay)
             return self.exit_code
         finally:
@@ -134,9 +126,22 @@ class Consumer:
         self.channel.basic_qos(prefetch_count=self.settings.prefetch)
         self.cancelled_by_broker = False
         self.channel.add_on_cancel_callback(self._on_cancelled_by_broker)
+        self.broker_blocked = False
+        self.connection.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
+        self.connection.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
+        self.settler = Settler(self.events, self.connection.call_later)
+        self.consumer_tag = None
+        if not self.pauses:
+            self._consume()
+
+    def _consume(self) -> None:
         self.consumer_tag = self.channel.basic_consume(self.settings.request_queue, self._on_message)
         log.info("consuming", queue=self.settings.request_queue, prefetch=self.settings.prefetch,
                  threads=self.settings.worker_threads)
+
+    def _set_blocked(self, blocked: bool) -> None:
+        self.broker_blocked = blocked
+        log.warning("broker_blocked" if blocked else "broker_unblocked")
 
     def _serve(self) -> None:
         drain_until = None
@@ -144,7 +149,10 @@ class Consumer:
             self.on_tick(self)  # tell the supervisor we consume now, not one tick later
         while True:
             self.connection.process_data_events(time_limit=TICK_SECONDS)
+            self.ticked_at = time.monotonic()
             self._check_channel()
+            if self.pauses.due():
+                self.executor.submit(self._probe)
             if self.on_tick:
                 self.on_tick(self)
             if self.stopping and drain_until is None:
@@ -188,32 +196,22 @@ class Consumer:
         if channel is not self.channel or not channel.is_open or self.pending.get(delivery.tag) is not delivery:
             log.info("stale_delivery_dropped", tag=delivery.tag)  # the broker has requeued it already
             return
-        try:
-            if settlement.requeue:
-                channel.basic_nack(delivery.tag, requeue=True)
-            else:
-                with timed(self.events, "publish"):
-                    for publish in settlement.publishes:
-                        self._publish_confirmed(channel, publish)
-                channel.basic_ack(delivery.tag)
-                self.events.message_settled(settlement.outcome, time.monotonic() - delivery.received_at)
-        except NackError:
-            log.warning("publish_not_confirmed", tag=delivery.tag)
-            channel.basic_nack(delivery.tag, requeue=True)
+        self.settler.settle(channel, delivery, settlement)
+        if settlement.pause:
+            self._pause(settlement.pause)
         del self.pending[delivery.tag]
         self.settled += 1
         self.events.inflight_changed(len(self.pending))
 
-    def _publish_confirmed(self, channel, publish) -> None:
-        """Publish and wait for the confirm. A queue of ours that has gone (UnroutableError escapes) makes
-        the consumer reconnect, which declares the queues again; the delivery is redelivered."""
-        try:
-            channel.basic_publish("", publish.routing_key, publish.body, publish.properties, mandatory=True)
-        except UnroutableError:
-            if not publish.fallback_key:
-                raise
-            log.warning("reply_to_unroutable", fallback=publish.fallback_key)
-            channel.basic_publish("", publish.fallback_key, publish.body, publish.properties, mandatory=True)
+    def _pause(self, reason: str) -> None:
+        """Stop taking messages (those already here go back as they come up); a probe decides when to resume."""
+        if self.pauses.add(reason) and self.consumer_tag and self.channel is not None and self.channel.is_open:
+            self.channel.basic_cancel(self.consumer_tag)
+            self.consumer_tag = None
+
+    def _resume(self, still: set[str]) -> None:
+        if self.pauses.checked(still) and not self.draining and self.channel is not None and self.channel.is_open:
+            self._consume()
 
     def _forget_channel(self) -> None:
         if self.pending:
@@ -240,6 +238,7 @@ class Consumer:
         until = time.monotonic() + seconds
         while not self.stopping and time.monotonic() < until:
             time.sleep(min(0.1, until - time.monotonic()))
+            self.ticked_at = time.monotonic()
             if self.on_tick:  # still alive while waiting to reconnect (the supervisor's heartbeat)
                 self.on_tick(self)
 
@@ -254,11 +253,21 @@ class Consumer:
         except AMQPError:
             pass  # connection gone: the broker requeues the delivery
 
+    def _probe(self) -> None:
+        still = self.pauses.check()
+        connection = self.connection
+        try:
+            if connection is None:
+                raise AMQPError("no connection")
+            connection.add_callback_threadsafe(functools.partial(self._resume, still))
+        except AMQPError:
+            self.pauses.probing = False  # reconnecting: the next turn probes again
+
     def _work(self, delivery: Delivery) -> None:
         if delivery.channel is not self.channel:
             return  # its channel is gone: the broker has requeued it, do not spend an LLM call on it
-        if self.draining:
-            self._settle_threadsafe(delivery, Settlement(requeue=True))
+        if self.draining or self.pauses:
+            self._settle_threadsafe(delivery, Settlement(requeue=True, outcome="paused"))
             return
         try:
             settlement = self.handle(delivery)
@@ -266,11 +275,3 @@ class Consumer:
             log.error("handler_crashed", exc_info=exc)
             settlement = Settlement(requeue=True)
         self._settle_threadsafe(delivery, settlement)
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, AMQPChannelError) and "ack" in str(exc).lower():
-        text += " | hint: " + CONSUMER_TIMEOUT_HINT
-    return text
-

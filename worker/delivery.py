@@ -26,11 +26,14 @@ class Publish:
 @dataclass(frozen=True)
 class Settlement:
     """How a delivery ends: publish these (each confirmed), then ack; or, with requeue, nack it back to the
-    queue and publish nothing. `outcome` is what the metrics count."""
+    queue and publish nothing. `outcome` is what the metrics count. `otherwise` is what to do instead when
+    the broker refuses one of the publishes (a nack); `pause` asks the consumer to stop taking messages."""
 
     publishes: tuple[Publish, ...] = ()
     requeue: bool = False
     outcome: str = "success"
+    otherwise: "Settlement | None" = None
+    pause: str = ""
 
 
 @dataclass

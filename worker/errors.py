@@ -17,7 +17,13 @@ CODES = {
     "request_id_conflict": (False, "this request_id was already used for another user or another input"),
     "llm_rejected": (False, "the LLM refused the request as invalid"),
     "llm_refused": (False, "the LLM declined to write this report"),
-    "report_invalid": (True, "the LLM's report failed the safety checks, also after one repair"),
+    "llm_truncated": (True, "the LLM's answer stopped at the token limit, also after one repair"),
+    "llm_content_filter": (True, "the LLM provider's content filter stopped the answer, also after one repair"),
+    "report_malformed": (True, "the LLM's answer was not a report of the required shape, also after one repair"),
+    "report_incomplete": (True, "the LLM's report did not have one section per category, also after one repair"),
+    "citation_invalid": (True, "the LLM's report cited its sources wrongly, also after one repair"),
+    "unsafe_content": (True, "the LLM's report held links, contact details or markup, also after one repair"),
+    "number_mismatch": (True, "the LLM's report stated numbers the input does not hold, also after one repair"),
     "llm_unavailable": (True, "the LLM did not answer in time, or kept failing, through every retry"),
     "retries_exhausted": (True, "a service the worker needs kept failing through every retry"),
     "internal_error": (True, "the worker failed unexpectedly on this message"),
@@ -57,6 +63,12 @@ class InProgress(TransientError):
 
 class PermanentError(ReportError):
     """No attempt will ever succeed (an LLM 400, a reused request_id, ...)."""
+
+
+class Paused(ReportError):
+    """Stop taking messages, fail none: the LLM key is refused (`llm_unauthorized`), the model does not exist
+    (`llm_model_not_found`) or the day's budget is spent (`budget_exhausted`). The message goes back to the
+    queue untouched; the process resumes by itself once a probe succeeds."""
 
 
 class InvalidRequest(PermanentError):

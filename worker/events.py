@@ -35,6 +35,9 @@ class Events:
     def cache_result(self, cache: str, result: str) -> None:
         """A cache (input, report, knowledge) answered hit, miss or error."""
 
+    def intake_paused(self, reason: str, paused: bool) -> None:
+        """This process stopped (or, `paused` False, resumed) taking messages for `reason`."""
+
 
 NO_EVENTS = Events()
 

@@ -1,74 +1,52 @@
-"""The LLM client: ask an OpenAI-compatible model for a cited report, validate it, repair once, meter it."""
+"""The LLM client: ask an OpenAI-compatible model for a report, check it at the gate, repair once, meter it."""
 
-import json
-import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import openai
 
-from worker.errors import PermanentError, TransientError
-from worker.report import REPORT_SHAPE, MalformedReport, assemble_content, parse_report, render_markdown
+from worker.disclosure import DEFAULT_PATIENT_FIELDS
+from worker.errors import Paused, PermanentError, TransientError
 from worker.events import NO_EVENTS, Events
+from worker.facts import DEFAULT_DISCLAIMER
+from worker.gate import GateFailure, review
+from worker.logs import EventLog
+from worker.prompt import PROMPT_VERSION, build_messages, knowledge_record, repair_messages, response_format
+from worker.report import assemble_report, render_markdown
 from worker.schemas import ReportGenerationRequest
 
+log = EventLog(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PING_TIMEOUT = 5.0
 PERMANENT_STATUSES = frozenset({400, 413, 422})
+UNAUTHORIZED_STATUSES = frozenset({401, 403})
 
-# USD per 1M tokens: (input, output).
+# USD per 1M tokens: (input, output). A model not listed (and no "default" set in LLM_PRICES) is not priced.
 DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4.1": (2.00, 8.00),
     "gpt-4.1-mini": (0.40, 1.60),
-    "default": (2.50, 10.00),
 }
-
-KNOWN_CATEGORIES = frozenset({
-    "cardiovascular", "cholesterol", "blood_pressure", "diabetes", "weight_management",
-    "smoking_cessation", "physical_activity", "nutrition", "general_health",
-})
-KEYWORDS = (
-    ("cholesterol", re.compile(r"\bldl\b|\bhdl\b|cholesterol|triglycerid|lipid|statin")),
-    ("diabetes", re.compile(r"hba1c|\ba1c\b|glucose|diabet|insulin|blood sugar")),
-    ("blood_pressure", re.compile(r"blood pressure|\bbp\b|systolic|diastolic|hypertens")),
-    ("weight_management", re.compile(r"\bbmi\b|weight|waist|obes")),
-    ("smoking_cessation", re.compile(r"smok|tobacco|nicotine|cigar|\bvap")),
-    ("physical_activity", re.compile(r"exercis|physical activity|\bwalk|\bsteps\b|fitness")),
-    ("nutrition", re.compile(r"\bdiet|nutrition|sodium|\bsalt\b|\bfood|eating")),
-    ("cardiovascular", re.compile(r"cardio|\bheart\b|\bcvd\b|ascvd|stroke")),
-)
-LAB_NAME_KEYS = ("name", "test", "test_name", "code", "display", "label", "analyte")
-
-SYSTEM_PROMPT = """You write personal health reports for patients. Be friendly and clear, use plain \
-language a non-specialist understands, and explain what each result means for this person.
-Write one section per category listed in "categories", in that order, covering the labs, the \
-cardiovascular summary, the assessment and the plan items that belong to it.
-Base every health statement on the numbered knowledge entries you are given, and cite them inline \
-as [n] with the entry's number. Cite only those entries; never invent sources, numbers or links, \
-and do not include URLs.
-Do not write warning signs to act on or a disclaimer: the report adds the clinician's own red flags and \
-disclaimer word for word.
-Answer with ONE JSON object and nothing else, of this shape:
-{shape}
-List in "citations" every number you used, each with the "id" of that knowledge entry as "kb_id"."""
-
-REPAIR_PROMPT = """Your previous answer could not be used: {error}.
-Reply with the corrected report as ONE JSON object of the required shape, and nothing else."""
 
 
 @dataclass(frozen=True)
 class GeneratedReport:
-    content: dict  # the validated report JSON (goes to Mongo as report_data/json_content)
+    content: dict           # the checked report JSON (goes to Mongo as report_data.content/json_content)
     markdown: str
     model: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
+    prompt_tokens: int | None       # None: the server reported no usage
+    completion_tokens: int | None
+    cost_usd: float | None          # None: no usage, or a model without a price
     seconds: float
+    audit: dict = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int | None:
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return self.prompt_tokens + self.completion_tokens
 
 
 @dataclass(frozen=True)
@@ -76,59 +54,80 @@ class Completion:
     """One answered chat completion call."""
 
     text: str | None
+    refusal: str | None
+    finish_reason: str | None
     model: str
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
     seconds: float
 
 
 class ReportWriter:
     """Thread-safe: one instance (one HTTP connection pool) serves every worker thread."""
 
-    def __init__(
-        self,
-        *,
-        base_url: str | None,
-        api_key: str,
-        model: str,
-        timeout: float,
-        max_retries: int = 1,
-        prices: Mapping[str, tuple[float, float]] | None = None,
-        events: Events = NO_EVENTS,
-    ) -> None:
+    def __init__(self, *, base_url: str | None, api_key: str, model: str, timeout: float, max_retries: int = 1,
+                 prices: Mapping[str, tuple[float, float]] | None = None, events: Events = NO_EVENTS,
+                 temperature: float = 0.2, max_tokens: int = 4000, structured: str = "json_schema",
+                 patient_fields: Iterable[str] = DEFAULT_PATIENT_FIELDS, disclaimer: str = DEFAULT_DISCLAIMER,
+                 connections: int = 100) -> None:
         self.model = model
         self._events = events
         self._timeout = timeout
         self._prices = dict(prices if prices is not None else DEFAULT_PRICES)
-        self._client = openai.OpenAI(
-            base_url=base_url or DEFAULT_BASE_URL, api_key=api_key, timeout=timeout, max_retries=max_retries
-        )
+        self._options = {"temperature": temperature, "max_tokens": max_tokens}
+        self._structured = structured
+        self._patient_fields = tuple(patient_fields)
+        self._disclaimer = disclaimer
+        self._unpriced_warned: set[str] = set()
+        defaults = openai.DEFAULT_CONNECTION_LIMITS  # keep a connection per thread alive between calls
+        limits = type(defaults)(max_connections=max(connections, defaults.max_connections),
+                                max_keepalive_connections=max(connections, defaults.max_keepalive_connections),
+                                keepalive_expiry=defaults.keepalive_expiry)
+        http = openai.DefaultHttpxClient(limits=limits)
+        self._client = openai.OpenAI(base_url=base_url or DEFAULT_BASE_URL, api_key=api_key, timeout=timeout,
+                                     max_retries=max_retries, http_client=http)
 
     def generate(self, request: ReportGenerationRequest, categories: Sequence[str],
                  knowledge: Sequence[Mapping]) -> GeneratedReport:
-        """One report for `request` on `categories`, citing only `knowledge`; raises TransientError or PermanentError."""
-        messages = build_messages(request, categories, knowledge)
+        """One checked report for `request` on `categories`, citing only `knowledge` (numbered in this order).
+
+        At most two calls: an answer the gate refuses is asked for once more with the reason; a second
+        refusal is a PermanentError carrying the gate's code. API failures raise TransientError,
+        PermanentError or Paused."""
+        messages = build_messages(request, knowledge, categories, patient_fields=self._patient_fields,
+                                  structured=self._structured)
+        answer_format = response_format(categories, knowledge, self._structured)
         calls: list[Completion] = []
+        refused: GateFailure | None = None
         for _ in range(2):
-            calls.append(self._complete(messages))
+            call = self._complete(messages, answer_format)
+            calls.append(call)
             try:
-                content, citations = self._accept(calls[-1], knowledge)
-                break
-            except MalformedReport as exc:
-                error = exc
-                messages = repair_messages(messages, calls[-1].text, str(exc))
+                verdict = review(call.text, categories=categories, knowledge=knowledge, request=request,
+                                 refusal=call.refusal, finish_reason=call.finish_reason,
+                                 patient_fields=self._patient_fields)
+            except GateFailure as failure:
+                refused = failure
+                self._report(call, "refused" if failure.code == "llm_refused" else "malformed")
+                log.warning("report_refused_at_gate", request_id=request.request_id, code=failure.code,
+                            reason=failure.reason, call=len(calls))
+                messages = repair_messages(messages, call.text, failure.reason)
+                continue
+            self._report(call, "success")
+            break
         else:
-            raise TransientError(f"LLM answer still malformed after one repair: {error}", code="report_invalid")
-        final = assemble_content(content, citations, request)
+            raise PermanentError(f"the report failed the gate twice: {refused.reason}", code=refused.code)
+        content = assemble_report(verdict, request, self._disclaimer)
         return GeneratedReport(
-            content=final,
-            markdown=render_markdown(final, citations, request),
-            model=calls[-1].model,
-            prompt_tokens=sum(c.prompt_tokens for c in calls),
-            completion_tokens=sum(c.completion_tokens for c in calls),
-            cost_usd=sum(c.cost_usd for c in calls),
-            seconds=sum(c.seconds for c in calls),
+            content=content, markdown=render_markdown(content), model=calls[-1].model,
+            prompt_tokens=_total(c.prompt_tokens for c in calls),
+            completion_tokens=_total(c.completion_tokens for c in calls),
+            cost_usd=_total(c.cost_usd for c in calls), seconds=sum(c.seconds for c in calls),
+            audit={"prompt_version": PROMPT_VERSION, "model": self.model, "structured_output": self._structured,
+                   **self._options, "finish_reason": calls[-1].finish_reason, "llm_calls": len(calls),
+                   "repairs": len(calls) - 1, "usage_missing": any(c.prompt_tokens is None for c in calls),
+                   "knowledge": knowledge_record(knowledge), **verdict.audit()},
         )
 
     def ping(self) -> None:
@@ -139,39 +138,60 @@ class ReportWriter:
         except openai.APIError as exc:
             raise TransientError(f"LLM endpoint not reachable: {type(exc).__name__}", code="llm_unavailable") from exc
 
+    def access(self) -> str:
+        """'' when the key and the model work (a one-token call), else why not: llm_unauthorized,
+        llm_model_not_found, or llm_unavailable when the endpoint does not answer."""
+        client = self._client.with_options(timeout=min(self._timeout, PING_TIMEOUT), max_retries=0)
+        try:
+            client.chat.completions.create(model=self.model, max_tokens=1,
+                                           messages=[{"role": "user", "content": "ping"}])
+        except openai.APIError as exc:
+            _, error = classify(exc)
+            return error.code
+        return ""
+
     def close(self) -> None:
         self._client.close()
 
-    def _complete(self, messages: list[dict]) -> Completion:
-        """One chat completion call; its failures are mapped to our two error classes and reported."""
+    def _complete(self, messages: list[dict], answer_format: dict) -> Completion:
+        """One chat completion call; its failures are mapped to our error classes and reported."""
         started = time.monotonic()
         try:
-            response = self._client.chat.completions.create(
-                model=self.model, messages=messages, response_format={"type": "json_object"}
-            )
+            response = self._client.chat.completions.create(model=self.model, messages=messages,
+                                                            response_format=answer_format, **self._options)
         except openai.APIError as exc:
             outcome, error = classify(exc)
             self._events.llm_call_finished(self.model, outcome, time.monotonic() - started)
             raise error from exc
         seconds = time.monotonic() - started
         usage = response.usage
-        prompt = usage.prompt_tokens if usage else 0
-        completion = usage.completion_tokens if usage else 0
-        cost = cost_of(self._prices, self.model, prompt, completion)
-        text = response.choices[0].message.content if response.choices else None
-        return Completion(text, response.model or self.model, prompt, completion, cost, seconds)
+        prompt = usage.prompt_tokens if usage else None
+        completion = usage.completion_tokens if usage else None
+        choice = response.choices[0] if response.choices else None
+        message = choice.message if choice else None
+        return Completion(
+            text=message.content if message else None, refusal=getattr(message, "refusal", None),
+            finish_reason=choice.finish_reason if choice else None, model=response.model or self.model,
+            prompt_tokens=prompt, completion_tokens=completion, cost_usd=self._cost(prompt, completion),
+            seconds=seconds)
 
-    def _accept(self, call: Completion, knowledge: Sequence[Mapping]):
-        """Validate one answer and report the call as a success or as malformed."""
-        outcome = "success"
-        try:
-            return parse_report(call.text, knowledge)
-        except MalformedReport:
-            outcome = "malformed"
-            raise
-        finally:
-            self._events.llm_call_finished(self.model, outcome, call.seconds, call.prompt_tokens,
-                                           call.completion_tokens, call.cost_usd)
+    def _cost(self, prompt: int | None, completion: int | None) -> float | None:
+        if prompt is None or completion is None:
+            return None
+        cost = cost_of(self._prices, self.model, prompt, completion)
+        if cost is None and self.model not in self._unpriced_warned:
+            self._unpriced_warned.add(self.model)
+            log.warning("llm_model_not_priced", model=self.model, hint="add it to LLM_PRICES; its cost is not recorded")
+        return cost
+
+    def _report(self, call: Completion, outcome: str) -> None:
+        self._events.llm_call_finished(self.model, outcome, call.seconds, call.prompt_tokens or 0,
+                                       call.completion_tokens or 0, call.cost_usd or 0.0)
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)
 
 
 def classify(exc: openai.APIError) -> tuple[str, Exception]:
@@ -183,93 +203,22 @@ def classify(exc: openai.APIError) -> tuple[str, Exception]:
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited", TransientError("LLM rate limited (429)", code="llm_unavailable")
     if isinstance(exc, openai.APIStatusError):
-        if exc.status_code in PERMANENT_STATUSES:
-            return "error", PermanentError(f"LLM answered HTTP {exc.status_code}: {type(exc).__name__}",
-                                           code="llm_rejected")
-        return "error", TransientError(f"LLM answered HTTP {exc.status_code}: {type(exc).__name__}",
-                                       code="llm_unavailable")
+        status = exc.status_code
+        if status in UNAUTHORIZED_STATUSES:
+            return "unauthorized", Paused(f"LLM answered HTTP {status}: the API key is wrong or revoked",
+                                          code="llm_unauthorized")
+        if status == 404:
+            return "unauthorized", Paused("LLM answered HTTP 404: the model (or the endpoint) does not exist",
+                                          code="llm_model_not_found")
+        if status in PERMANENT_STATUSES:
+            return "error", PermanentError(f"LLM answered HTTP {status}: {type(exc).__name__}", code="llm_rejected")
+        return "error", TransientError(f"LLM answered HTTP {status}: {type(exc).__name__}", code="llm_unavailable")
     return "error", TransientError(f"LLM call failed: {type(exc).__name__}", code="llm_unavailable")
 
 
-def cost_of(prices: Mapping[str, tuple[float, float]], model: str, prompt: int, completion: int) -> float:
-    """USD for one call at the model's price per 1M tokens, or the "default" price."""
-    price_in, price_out = prices.get(model) or prices.get("default") or (0.0, 0.0)
-    return prompt / 1e6 * price_in + completion / 1e6 * price_out
-
-
-def build_messages(request: ReportGenerationRequest, categories: Sequence[str],
-                   knowledge: Sequence[Mapping]) -> list[dict]:
-    """The system prompt and the user message, a JSON document with the numbered knowledge entries."""
-    document = {
-        "request_id": request.request_id,
-        "categories": list(categories),
-        "patient": request.patient,
-        "labs": request.labs,
-        "cvd_summary": request.cvd_summary,
-        "assessment": request.assessment,
-        "plan": request.plan,
-        "knowledge": [
-            {"n": n, **{key: entry.get(key) for key in ("id", "category", "title", "content", "source_url")}}
-            for n, entry in enumerate(knowledge, start=1)
-        ],
-    }
-    system = SYSTEM_PROMPT.format(shape=json.dumps(REPORT_SHAPE, indent=1))
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": json.dumps(document, ensure_ascii=False, default=str)},
-    ]
-
-
-def repair_messages(messages: list[dict], answer: str | None, error: str) -> list[dict]:
-    """The conversation so far, the bad answer, and a request to correct it."""
-    return [
-        *messages,
-        {"role": "assistant", "content": answer or ""},
-        {"role": "user", "content": REPAIR_PROMPT.format(error=error)},
-    ]
-
-
-def categories_for(request: ReportGenerationRequest) -> list[str]:
-    """The knowledge-base categories a request needs: sorted, never empty."""
-    found: set[str] = set()
-    for item in request.plan:
-        found |= categories_in(item.get("category") if isinstance(item, dict) else item)
-        if isinstance(item, dict) and not item.get("category"):
-            found |= categories_in(*strings_in(item))
-    for lab in request.labs:
-        found |= categories_in(lab.get("category"), *(lab.get(key) for key in LAB_NAME_KEYS))
-    found |= categories_in(*strings_in(request.assessment))
-    if request.cvd_summary:
-        found.add("cardiovascular")
-    return sorted(found) or ["general_health"]
-
-
-def categories_in(*texts: Any) -> set[str]:
-    """Known categories named exactly, or hinted by keywords, in the given texts."""
-    found: set[str] = set()
-    rest = []
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
-            continue
-        key = re.sub(r"[\s-]+", "_", text.strip().lower())
-        if key in KNOWN_CATEGORIES:
-            found.add(key)
-        else:
-            rest.append(text.lower())
-    if rest:  # one pass per keyword over all the texts, not one per text
-        plain = re.sub(r"[_-]+", " ", "\n".join(rest))
-        found |= {category for category, pattern in KEYWORDS if pattern.search(plain)}
-    return found
-
-
-def strings_in(value: Any) -> Iterator[str]:
-    """Every dict key and string value inside a JSON-like value."""
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            yield str(key)
-            yield from strings_in(item)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            yield from strings_in(item)
+def cost_of(prices: Mapping[str, tuple[float, float]], model: str, prompt: int, completion: int) -> float | None:
+    """USD for one call at the model's price per 1M tokens (or LLM_PRICES' "default"); None without a price."""
+    price = prices.get(model) or prices.get("default")
+    if price is None:
+        return None
+    return prompt / 1e6 * price[0] + completion / 1e6 * price[1]

@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 import pika
 
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
-from worker.errors import InProgress, InvalidRequest, PermanentError, TransientError, describe, retryable
+from worker.errors import (
+    InProgress, InvalidRequest, Paused, PermanentError, TransientError, describe, retryable,
+)
 from worker.frames import undecodable
 from worker.intake import identify, validate
 from worker.logs import EventLog
@@ -45,6 +47,9 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
     ids = (request.request_id, request.user_id)
     try:
         response = pipeline.process(request, claim=claim, redelivered=delivery.redelivered)
+    except Paused as exc:  # a refused key, a missing model, a spent budget: nothing fails, intake stops
+        log.warning("message_requeued_paused", request_id=request.request_id, reason=exc.code)
+        return Settlement(requeue=True, outcome="paused", pause=exc.code)
     except InProgress as exc:
         return retry(delivery, settings, attempt, exc, claim, request.request_id, shortest=True)
     except PermanentError as exc:
@@ -57,7 +62,12 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
         return give_up(delivery, settings, exc, "dead_lettered", *ids)
     log.info("report_done", request_id=response.request_id, report_id=response.report_id,
              attempt=attempt, seconds=round(time.perf_counter() - started, 4))
-    return Settlement((respond(delivery, settings, response),), outcome="success")
+    unconfirmed = TransientError("the broker did not confirm the response", code="retries_exhausted")
+    if attempt <= settings.max_retries:
+        otherwise = retry(delivery, settings, attempt + 1, unconfirmed, claim, request.request_id)
+    else:
+        otherwise = give_up(delivery, settings, unconfirmed, "dead_lettered", *ids)
+    return Settlement((respond(delivery, settings, response),), outcome="success", otherwise=otherwise)
 
 
 def retry_state(delivery: Delivery, settings: Settings) -> tuple[int, str]:
@@ -106,7 +116,9 @@ def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseExcepti
     log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc), request_id=request_id)
     properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt, CLAIM_HEADER: claim})
     publish = Publish(settings.retry_queue(delay), delivery.body, properties)
-    return Settlement((publish,), outcome="retried")
+    refused = TransientError(f"the delay queue refused the retry: {_reason(exc)}", code=getattr(exc, "code", None))
+    return Settlement((publish,), outcome="retried",
+                      otherwise=give_up(delivery, settings, refused, "dead_lettered", request_id, ""))
 
 
 def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome: str,

@@ -1,8 +1,6 @@
 """The report pipeline, stage by stage as in the seed's flow; each stage is timed."""
 
 import contextlib
-import hashlib
-import json
 import os
 import socket
 import uuid
@@ -12,15 +10,11 @@ from worker.cache import Cache
 from worker.errors import InProgress, PermanentError
 from worker.events import NO_EVENTS, Events, timed
 from worker.knowledge import KnowledgeCache
-from worker.llm import GeneratedReport, ReportWriter, categories_for
+from worker.categories import categories_for
+from worker.facts import clinical_input, input_digest
+from worker.llm import GeneratedReport, ReportWriter
 from worker.schemas import ReportGenerationRequest, ReportGenerationResponse
 from worker.store import Store, now
-
-
-def input_hash(document: dict) -> str:
-    """SHA-256 of the request's canonical JSON without its request_id: what a duplicate must repeat."""
-    canonical = json.dumps(_clinical(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_same_request(existing: dict, request: ReportGenerationRequest, digest: str) -> None:
@@ -31,24 +25,27 @@ def check_same_request(existing: dict, request: ReportGenerationRequest, digest:
 
 
 def report_document(request: ReportGenerationRequest, generated: GeneratedReport, categories: list[str],
-                    entries: list[dict], input_changed: bool | None, digest: str) -> dict:
-    """The `medical_reports` document for one generated report."""
+                    input_changed: bool | None, digest: str) -> dict:
+    """The `medical_reports` document for one generated report, with its audit trail in report_data."""
     return {
         "report_id": str(uuid.uuid4()),
         "request_id": request.request_id,
         "user_id": request.user_id,
         "input_sha256": digest,
         "report_data": {
+            "input": clinical_input(request),          # the request's clinical input, as it was checked against
             "content": generated.content,
             "categories": categories,
-            "knowledge_ids": [entry["id"] for entry in entries],
+            "knowledge_ids": [entry["id"] for entry in generated.audit.get("knowledge", [])],
             "input_changed": input_changed,
+            "input_sha256": digest,
+            "audit": generated.audit,
         },
         "json_content": generated.content,
         "markdown_content": generated.markdown,
         "created_at": now(),
         "generation_time_seconds": round(generated.seconds, 3),
-        "tokens_used": generated.prompt_tokens + generated.completion_tokens,
+        "tokens_used": generated.tokens,
         "estimated_cost": generated.cost_usd,
         "model": generated.model,
         "processed_by": f"{socket.gethostname()}:{os.getpid()}",
@@ -89,7 +86,7 @@ class Pipeline:
         `claim` is the token of this message and its retries: a claim left by an earlier attempt of the
         same message (one that could not release it, e.g. MongoDB went away) is taken back at once."""
         document = request.model_dump(mode="json")
-        digest = input_hash(document)
+        digest = input_digest(request)
         with timed(self.events, "store"):
             existing = self.store.find_report(request.request_id)
         if existing:
@@ -119,7 +116,7 @@ class Pipeline:
             entries = self.knowledge.entries_for(categories)
         with timed(self.events, "llm"):
             generated = self.writer.generate(request, categories, entries)
-        report = report_document(request, generated, categories, entries, input_changed(previous, document), digest)
+        report = report_document(request, generated, categories, input_changed(previous, document), digest)
         with timed(self.events, "store"):
             stored = self.store.insert_report(report)
         if stored["report_id"] != report["report_id"]:  # another copy stored first: answer with that one

@@ -1,8 +1,6 @@
 """The report the LLM must answer (its shape), the stored report we assemble, and its Markdown rendering."""
 
-import json
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -11,12 +9,6 @@ from worker import markup
 from worker.categories import LABELS
 from worker.facts import DEFAULT_DISCLAIMER, cvd_rows, facts_of, resource_rows, text_of
 from worker.schemas import ReportGenerationRequest
-
-CITATION_MARK = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-
-
-class MalformedReport(ValueError):
-    """The LLM's answer is not a usable report; the message says why, without echoing the answer."""
 
 
 class Section(BaseModel):
@@ -45,74 +37,10 @@ class ReportContent(BaseModel):
     citations: list[Citation] = Field(default_factory=list)
 
 
-REPORT_SHAPE = {
-    "title": "string",
-    "summary": "string, may cite as [n]",
-    "sections": [{"category": "string", "heading": "string", "body": "string, cites as [n]"}],
-    "citations": [{"n": "integer, the knowledge entry number", "kb_id": "string, that entry's id"}],
-}
-
-
-def parse_report(answer: str | None, knowledge: Sequence[Mapping]) -> tuple[ReportContent, list[dict]]:
-    """Validate the LLM's raw answer; return the report and its citations resolved against `knowledge`."""
-    if not answer:
-        raise MalformedReport("the answer is empty")
-    try:
-        data = json.loads(answer)
-    except json.JSONDecodeError as exc:
-        raise MalformedReport(f"the answer is not valid JSON: {exc.msg} at position {exc.pos}") from None
-    try:
-        content = ReportContent.model_validate(data)
-    except ValidationError as exc:
-        raise MalformedReport(f"the JSON does not match the required shape: {describe(exc)}") from None
-    return content, resolve_citations(content, knowledge)
-
-
 def describe(exc: ValidationError) -> str:
     """Summarise a pydantic error by field and reason, leaving out the offending values."""
     parts = [f"{'.'.join(str(p) for p in err['loc']) or 'root'}: {err['msg']}" for err in exc.errors()]
     return "; ".join(parts[:10])
-
-
-def resolve_citations(content: ReportContent, knowledge: Sequence[Mapping]) -> list[dict]:
-    """Check every [n] is cited and every citation names a given entry; return n, kb_id, title, source_url."""
-    by_id = {str(entry["id"]): entry for entry in knowledge}
-    numbers = [citation.n for citation in content.citations]
-    if len(numbers) != len(set(numbers)):
-        raise MalformedReport("citations repeat a number n")
-    unknown = sorted({c.kb_id for c in content.citations if c.kb_id not in by_id})
-    if unknown:
-        raise MalformedReport(f"citations name kb_id values that are not in the knowledge list: {unknown}")
-    missing = sorted(used_numbers(content) - set(numbers))
-    if missing:
-        raise MalformedReport(f"the text uses citation numbers {missing} that are not in citations")
-    return [
-        {
-            "n": c.n,
-            "kb_id": c.kb_id,
-            "title": str(by_id[c.kb_id].get("title", "")),
-            "source_url": str(by_id[c.kb_id].get("source_url", "")),
-        }
-        for c in sorted(content.citations, key=lambda c: c.n)
-    ]
-
-
-def used_numbers(content: ReportContent) -> set[int]:
-    """Every citation number written as [n] or [n, m] in the summary and section bodies."""
-    texts = [content.summary, *(section.body for section in content.sections)]
-    return {int(n) for text in texts for mark in CITATION_MARK.findall(text) for n in mark.split(",")}
-
-
-def assemble_content(content: ReportContent, citations: list[dict], request: ReportGenerationRequest) -> dict:
-    """The stored report: the model's prose, our resolved citations, the request's red flags and disclaimer."""
-    return {
-        "title": content.title,
-        "summary": content.summary,
-        "sections": [section.model_dump() for section in content.sections],
-        "citations": citations,
-        "red_flags": list(request.red_flags),
-        "disclaimer": request.disclaimer,
-    }
 
 
 def assemble_report(verdict: Any, request: ReportGenerationRequest,
@@ -132,14 +60,11 @@ def red_flag_text(flag: Mapping[str, Any] | str) -> str:
     return text_of(flag, ("message", "text", "description"))
 
 
-def render_markdown(content: Mapping[str, Any], citations_resolved: Sequence[Mapping] | None = None,
-                    request: ReportGenerationRequest | None = None) -> str:
+def render_markdown(content: Mapping[str, Any]) -> str:
     """The stored report as Markdown. Only this code writes structure: every text from the model or the request
-    is escaped (one plain line for titles, headings and cells; plain paragraphs for bodies).
-
-    `citations_resolved` and `request` are accepted for the current llm.py: `content` carries both."""
-    citations = content.get("citations") or citations_resolved or []
-    disclaimer = content.get("disclaimer") or (request.disclaimer if request is not None else "")
+    is escaped (one plain line for titles, headings and cells; plain paragraphs for bodies)."""
+    citations = content.get("citations") or []
+    disclaimer = content.get("disclaimer") or ""
     lines = [f"# {markup.inline(content['title'])}", ""]
     if content.get("red_flags"):
         lines += ["## Act now if…", ""]

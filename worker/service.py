@@ -17,6 +17,7 @@ from worker.settings import Settings
 from worker.store import Store
 
 log = EventLog(__name__)
+LLM_ACCESS = frozenset({"llm_unauthorized", "llm_model_not_found"})
 
 
 def build_pipeline(settings: Settings, store: Store, events: Events = NO_EVENTS) -> Pipeline:
@@ -25,6 +26,15 @@ def build_pipeline(settings: Settings, store: Store, events: Events = NO_EVENTS)
     claim_seconds = settings.llm_timeout_seconds * (settings.llm_max_retries + 1) * 2 + 60
     return Pipeline(store, clients.cache(settings, events), knowledge, clients.writer(settings, events),
                     claim_seconds, events)
+
+
+def still_paused(pipeline: Pipeline, reasons: frozenset[str]) -> set[str]:
+    """The pause reasons that still hold: the LLM is asked with a one-token call."""
+    still = set()
+    if reasons & LLM_ACCESS:
+        answer = pipeline.writer.access()
+        still |= reasons & LLM_ACCESS if answer == "llm_unavailable" else {answer} & reasons
+    return still | (reasons - LLM_ACCESS)
 
 
 def prepare_store(settings: Settings) -> Store | None:
@@ -50,7 +60,8 @@ def run(settings: Settings, on_tick: Callable[[Consumer], None] | None = None, e
     if store is None:
         return exitcodes.CONNECT
     pipeline = build_pipeline(settings, store, events)
-    consumer = Consumer(settings, functools.partial(handle, pipeline=pipeline, settings=settings), on_tick, events)
+    consumer = Consumer(settings, functools.partial(handle, pipeline=pipeline, settings=settings), on_tick, events,
+                        probe=functools.partial(still_paused, pipeline))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: consumer.stop())
     log.info("worker_started", threads=settings.worker_threads, prefetch=settings.prefetch,

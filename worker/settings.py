@@ -69,6 +69,22 @@ def _prices(value, name):
         raise SettingsError(f"{name} must look like 'gpt-4o=2.5:10,other-model=0.15:0.6'") from None
 
 
+def _between(low, high):
+    def check(value, name):
+        if not low <= value <= high:
+            raise SettingsError(f"{name} must be between {low:g} and {high:g}, got {value:g}")
+    return check
+
+
+def _patient_fields(value, name):
+    from worker.disclosure import DisallowedField, parse_fields
+
+    try:
+        parse_fields(value)
+    except DisallowedField as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def _file(value, name):
     if value and not os.access(value, os.R_OK):
         raise SettingsError(f"{name}: cannot read {value}")
@@ -105,6 +121,11 @@ class Settings:
     llm_timeout_seconds: float = _setting("LLM_TIMEOUT_SECONDS", 120.0, _positive)
     llm_max_retries: int = _setting("LLM_MAX_RETRIES", 1, _non_negative)
     llm_prices: str = _setting("LLM_PRICES", "", _prices)  # "model=in:out,..." USD per 1M tokens
+    llm_temperature: float = _setting("LLM_TEMPERATURE", 0.2, _between(0.0, 2.0))
+    llm_max_tokens: int = _setting("LLM_MAX_TOKENS", 4000, _positive)
+    llm_structured_output: str = _setting("LLM_STRUCTURED_OUTPUT", "json_schema", _one_of("json_schema", "json_object"))
+    llm_patient_fields: str = _setting("LLM_PATIENT_FIELDS", "", _patient_fields)  # "": age, sex, clinical fields
+    report_disclaimer: str = _setting("REPORT_DISCLAIMER", "")  # "": the built-in one, when the request has none
     knowledge_cache_seconds: float = _setting("KNOWLEDGE_CACHE_SECONDS", 60.0, _non_negative)
     worker_threads: int = _setting("WORKER_THREADS", 8, _positive)
     worker_name: str = _setting("WORKER_NAME", "")
@@ -114,6 +135,7 @@ class Settings:
     request_signing_key: str = _setting("REQUEST_SIGNING_KEY", "", secret=True)  # set: requests must be signed
     # queue names (fnmatch patterns) a request's reply_to may name; "": the response queue and direct reply-to
     reply_to_allowed: str = _setting("REPLY_TO_ALLOWED", "")
+    intake_probe_seconds: float = _setting("INTAKE_PROBE_SECONDS", 15.0, _positive)  # paused: probe this often
     graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
     connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)
     # the supervisor (`report-worker run`)
