@@ -7,6 +7,7 @@ import pika
 import pytest
 
 from tests.conftest import sample_request
+from worker.claims import Claim
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, Delivery
 from worker.errors import InProgress, PermanentError, TransientError
 from worker.events import Events
@@ -21,35 +22,51 @@ SETTINGS = load({"OPENAI_API_KEY": "k", "RETRY_DELAYS": "1,2", "MAX_RETRIES": "2
 
 
 class FakeStore:
+    """medical_reports as the claims see it, and the users; `calls` lists every round trip."""
+
     def __init__(self):
         self.reports: dict[str, dict] = {}
-        self.claims: dict[str, str] = {}
         self.users: list[str] = []
         self.calls: list[str] = []
 
-    def find_report(self, request_id):
-        self.calls.append("find")
-        return self.reports.get(request_id)
-
-    def claim(self, request_id, owner, seconds, steal=False):
+    def claim(self, request_id, user_id, digest, report_id, owner):
         self.calls.append("claim")
-        if self.claims.get(request_id, owner) != owner and not steal:
-            return False
-        self.claims[request_id] = owner
-        return True
+        found = self.reports.get(request_id)
+        if found is None:
+            stub = {"request_id": request_id, "report_id": report_id, "user_id": user_id, "input_sha256": digest,
+                    "status": "generating", "owner": owner}
+            self.reports[request_id] = stub
+            return Claim("ours", stub)
+        if found["status"] == "done":
+            return Claim("done", found)
+        if found["owner"] != owner:
+            return Claim("busy", found)
+        return Claim("ours", found)
+
+    def complete(self, report, owner):
+        self.calls.append("complete")
+        self.reports[report["request_id"]] = {**report, "status": "done"}
+        return self.reports[report["request_id"]]
 
     def release(self, request_id, owner):
         self.calls.append("release")
-        if self.claims.get(request_id) == owner:
-            del self.claims[request_id]
+        if self.reports.get(request_id, {}).get("owner") == owner:
+            del self.reports[request_id]
 
     def upsert_user(self, user_id):
         self.calls.append("user")
         self.users.append(user_id)
 
-    def insert_report(self, report):
-        self.calls.append("insert")
-        return self.reports.setdefault(report["request_id"], report)
+
+class FakeLeases:
+    def __init__(self):
+        self.held: dict[str, str] = {}
+
+    def hold(self, request_id, owner):
+        self.held[request_id] = owner
+
+    def drop(self, request_id):
+        self.held.pop(request_id)
 
 
 class FakeCache:
@@ -92,7 +109,8 @@ class Recorder(Events):
 
 def make_pipeline(writer=None):
     events = Recorder()
-    pipeline = Pipeline(FakeStore(), FakeCache(), FakeKnowledge(), writer or FakeWriter(), 60.0, events)
+    store = FakeStore()
+    pipeline = Pipeline(store, store, FakeLeases(), FakeCache(), FakeKnowledge(), writer or FakeWriter(), events)
     return pipeline, events
 
 
@@ -119,8 +137,9 @@ def test_a_new_request_runs_the_stages_in_the_seed_order_and_is_answered():
     stored = pipeline.store.reports["r-1"]
     assert response["status"] == "success" and response["report_id"] == stored["report_id"]
     assert settlement.publishes[0].properties.correlation_id == "c-1"
-    assert pipeline.store.calls == ["find", "claim", "user", "insert"]  # no release on success
-    assert events.stages == ["store", "store", "cache", "user", "knowledge", "llm", "store", "cache"]
+    assert pipeline.store.calls == ["claim", "user", "complete"]  # a new user; no release on success
+    assert events.stages == ["store", "cache", "user", "knowledge", "llm", "store", "cache"]
+    assert stored["status"] == "done" and pipeline.leases.held == {}
     assert pipeline.cache.reports[stored["report_id"]] is stored and "u-1" in pipeline.cache.inputs
     [(request_id, categories, knowledge)] = pipeline.writer.calls
     assert stored["report_data"]["categories"] == categories and knowledge == [f"kb-{c}" for c in categories]
@@ -132,12 +151,13 @@ def test_a_stored_request_is_answered_again_without_the_llm():
     first = handle(delivery(request), pipeline, SETTINGS)
     again = handle(delivery(request, redelivered=True), pipeline, SETTINGS)
     assert json.loads(again.publishes[0].body)["report_id"] == json.loads(first.publishes[0].body)["report_id"]
-    assert len(pipeline.writer.calls) == 1 and pipeline.store.calls[-1] == "find"
+    assert len(pipeline.writer.calls) == 1 and pipeline.store.calls[-1] == "claim"  # one round trip
 
 
 def test_a_request_claimed_by_another_worker_waits_in_the_shortest_delay_queue():
     pipeline, _ = make_pipeline()
-    pipeline.store.claims["r-3"] = "someone-else"
+    pipeline.store.reports["r-3"] = {"request_id": "r-3", "report_id": "p", "user_id": "user-1",
+                                     "status": "generating", "owner": "someone-else"}
     settlement = handle(delivery(sample_request(request_id="r-3"), attempt=2), pipeline, SETTINGS)
     assert settlement.outcome == "retried" and routes(settlement) == ["req.retry.1s"]
     headers = settlement.publishes[0].properties.headers
@@ -153,7 +173,7 @@ def test_a_transient_failure_is_retried_through_the_delay_queue_of_its_attempt(a
     assert settlement.outcome == "retried" and routes(settlement) == [queue]
     headers = settlement.publishes[0].properties.headers
     assert headers[ATTEMPT_HEADER] == attempt + 1 and headers[CLAIM_HEADER] == "tok"
-    assert pipeline.store.claims == {} and pipeline.store.calls[-1] == "release"  # released in one place
+    assert pipeline.store.reports == {} and pipeline.store.calls[-1] == "release"  # released in one place
 
 
 def test_retries_exhausted_answer_failed_and_dead_letter():
@@ -194,7 +214,7 @@ def test_undecodable_properties_are_invalid_before_anything_runs():
 
 def test_a_bug_in_handling_dead_letters_through_the_same_code():
     pipeline, _ = make_pipeline()
-    pipeline.store.find_report = None  # calling it raises TypeError: a bug, not a transient error
+    pipeline.store.claim = None  # calling it raises TypeError: a bug, not a transient error
     settlement = handle(delivery(sample_request(request_id="r-9")), pipeline, SETTINGS)
     assert settlement.outcome == "retried"  # unexpected errors inside the pipeline are retried like transient ones
     broken = delivery(sample_request(request_id="r-10"))
@@ -244,3 +264,14 @@ def test_failed_responses_carry_a_stable_code_and_never_internal_details():
     invalid = json.loads(handle(delivery(dict(sample_request(request_id="r-14"), labs=3)), pipeline,
                                 SETTINGS).publishes[0].body)
     assert (invalid["error_code"], invalid["retryable"]) == ("invalid_field", False) and "labs" in invalid["error_message"]
+
+
+def test_a_returning_user_costs_two_round_trips_and_a_duplicate_one():
+    pipeline, _ = make_pipeline()
+    handle(delivery(sample_request(request_id="r-20", user_id="u-9")), pipeline, SETTINGS)
+    pipeline.store.calls.clear()
+    handle(delivery(sample_request(request_id="r-21", user_id="u-9")), pipeline, SETTINGS)
+    assert pipeline.store.calls == ["claim", "complete"]  # the input cache saw u-9: no user upsert
+    pipeline.store.calls.clear()
+    handle(delivery(sample_request(request_id="r-21", user_id="u-9"), redelivered=True), pipeline, SETTINGS)
+    assert pipeline.store.calls == ["claim"]

@@ -27,7 +27,7 @@ def poison_messages() -> list[tuple[str, bytes, dict, str]]:
         ("json array", b"[1, 2, 3]", {}, ""),
         ("wrong content type", json.dumps(sample_request(request_id="poison-xml")).encode(),
          {"content_type": "application/xml"}, "poison-xml"),
-        ("integer ids", json.dumps(dict(sample_request(), request_id=12345)).encode(), {}, ""),
+        ("boolean ids", json.dumps(dict(sample_request(), request_id=True)).encode(), {}, ""),
         ("empty body", b"", {}, ""),
     ]
 

@@ -26,12 +26,14 @@ def test_with_a_signing_key_only_correctly_signed_requests_are_processed(consume
     signed_body = json.dumps(signed).encode()
     broker.publish(signed_body, headers={"x-signature": sign(signed_body)})
 
-    status = {r["request_id"]: r for r in broker.responses(3)}
-    assert status["sig-signed"]["status"] == "success"
-    assert status["sig-unsigned"]["status"] == "failed" and "not signed" in status["sig-unsigned"]["error_message"]
-    assert status["sig-forged"]["status"] == "failed" and "signature" in status["sig-forged"]["error_message"]
+    [response] = broker.responses(1)  # unsigned and forged messages are never answered (issue 11, rule 7)
+    assert (response["request_id"], response["status"]) == ("sig-signed", "success")
     dead = wait_for(lambda: (lambda got: got if len(got) == 2 else None)(broker.take(names["RABBITMQ_DLQ"])), 20)
     assert {json.loads(body)["request_id"] for _, body in dead} == {"sig-unsigned", "sig-forged"}
+    errors = {json.loads(body)["request_id"]: p.headers["x-error"] for p, body in dead}
+    assert "not signed" in errors["sig-unsigned"] and "signature" in errors["sig-forged"]
+    assert {p.headers["x-death-reason"] for p, _ in dead} == {"rejected"}
+    assert broker.depth(names["RABBITMQ_RESPONSE_QUEUE"]) == 0
     assert db.medical_reports.count_documents({}) == 1
 
 

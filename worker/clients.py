@@ -17,7 +17,8 @@ from worker.store import Store
 
 def store(settings: Settings, timeout: float | None = None) -> Store:
     return Store(settings.mongodb_url, settings.mongodb_database,
-                 settings.mongodb_timeout_seconds if timeout is None else timeout)
+                 settings.mongodb_timeout_seconds if timeout is None else timeout,
+                 settings.mongodb_write_concern, settings.mongodb_journal)
 
 
 def redis_client(settings: Settings, timeout: float = 1.0) -> redis.Redis:

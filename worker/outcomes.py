@@ -46,7 +46,7 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
         return give_up(delivery, settings, exc, outcome, exc.request_id, exc.user_id)
     ids = (request.request_id, request.user_id)
     try:
-        response = pipeline.process(request, claim=claim, redelivered=delivery.redelivered)
+        response = pipeline.process(request, claim=claim)
     except Paused as exc:  # a refused key, a missing model, a spent budget: nothing fails, intake stops
         log.warning("message_requeued_paused", request_id=request.request_id, reason=exc.code)
         return Settlement(requeue=True, outcome="paused", pause=exc.code)
@@ -64,9 +64,9 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
              attempt=attempt, seconds=round(time.perf_counter() - started, 4))
     unconfirmed = TransientError("the broker did not confirm the response", code="retries_exhausted")
     if attempt <= settings.max_retries:
-        otherwise = retry(delivery, settings, attempt + 1, unconfirmed, claim, request.request_id)
+        otherwise = retry(delivery, settings, attempt + 1, unconfirmed, claim, request.request_id, announce=False)
     else:
-        otherwise = give_up(delivery, settings, unconfirmed, "dead_lettered", *ids)
+        otherwise = give_up(delivery, settings, unconfirmed, "dead_lettered", *ids, announce=False)
     return Settlement((respond(delivery, settings, response),), outcome="success", otherwise=otherwise)
 
 
@@ -108,26 +108,29 @@ def respond(delivery: Delivery, settings: Settings, response: ReportGenerationRe
 
 
 def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseException, claim: str,
-          request_id: str, shortest: bool = False) -> Settlement:
+          request_id: str, shortest: bool = False, announce: bool = True) -> Settlement:
     """Park a copy in the delay queue for `attempt`; it comes back to the request queue after the delay.
 
-    The copy carries the claim token, so it may take back a claim this attempt could not release."""
+    The copy carries the claim token, so it may take back a claim this attempt could not release.
+    `announce` False: a path prepared in case a publish is refused (the settler logs it if taken)."""
     delay = min(settings.retry_delays) if shortest else settings.retry_delay(attempt)
-    log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc), request_id=request_id)
+    if announce:
+        log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc), request_id=request_id)
     properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt, CLAIM_HEADER: claim})
     publish = Publish(settings.retry_queue(delay), delivery.body, properties)
     refused = TransientError(f"the delay queue refused the retry: {_reason(exc)}", code=getattr(exc, "code", None))
     return Settlement((publish,), outcome="retried",
-                      otherwise=give_up(delivery, settings, refused, "dead_lettered", request_id, ""))
+                      otherwise=give_up(delivery, settings, refused, "dead_lettered", request_id, "", announce=False))
 
 
 def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome: str,
-            request_id: str, user_id: str, death_reason: str = "") -> Settlement:
+            request_id: str, user_id: str, death_reason: str = "", announce: bool = True) -> Settlement:
     """A `failed` response (when the ids can be read) and the original message into the DLQ."""
     reason = _reason(exc)
     code = getattr(exc, "code", "internal_error")
-    log.warning("dead_lettered", outcome=outcome, attempt=delivery.attempt, error=reason, error_code=code,
-                request_id=request_id)
+    if announce:
+        log.warning("dead_lettered", outcome=outcome, attempt=delivery.attempt, error=reason, error_code=code,
+                    request_id=request_id)
     headers = {
         "x-death-reason": death_reason or outcome,
         "x-error": reason,

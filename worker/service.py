@@ -6,6 +6,7 @@ import time
 from typing import Callable
 
 from worker import clients, exitcodes
+from worker.claims import Claims, Leases
 from worker.consumer import Consumer
 from worker.errors import TransientError
 from worker.events import NO_EVENTS, Events
@@ -23,9 +24,9 @@ LLM_ACCESS = frozenset({"llm_unauthorized", "llm_model_not_found"})
 def build_pipeline(settings: Settings, store: Store, events: Events = NO_EVENTS) -> Pipeline:
     """Open every client; call this after a fork, never before."""
     knowledge = KnowledgeCache(store.active_knowledge, settings.knowledge_cache_seconds, events)
-    claim_seconds = settings.llm_timeout_seconds * (settings.llm_max_retries + 1) * 2 + 60
-    return Pipeline(store, clients.cache(settings, events), knowledge, clients.writer(settings, events),
-                    claim_seconds, events)
+    claims = Claims(store.reports, settings.claim_lease_seconds)
+    return Pipeline(store, claims, Leases(claims), clients.cache(settings, events), knowledge,
+                    clients.writer(settings, events), events)
 
 
 def still_paused(pipeline: Pipeline, reasons: frozenset[str]) -> set[str]:

@@ -69,6 +69,18 @@ def _prices(value, name):
         raise SettingsError(f"{name} must look like 'gpt-4o=2.5:10,other-model=0.15:0.6'") from None
 
 
+def _write_concern(value, name):
+    if value != "majority" and not (value.isdigit() and int(value) >= 1):
+        raise SettingsError(f"{name} must be 'majority' or a number of members >= 1, got {value!r}")
+
+
+def _at_least(low):
+    def check(value, name):
+        if value < low:
+            raise SettingsError(f"{name} must be at least {low:g}, got {value:g}")
+    return check
+
+
 def _between(low, high):
     def check(value, name):
         if not low <= value <= high:
@@ -115,6 +127,9 @@ class Settings:
     mongodb_url: str = _setting("MONGODB_URL", "mongodb://localhost:27017", _scheme("mongodb", "mongodb+srv"))
     mongodb_database: str = _setting("MONGODB_DATABASE", "report_worker")
     mongodb_timeout_seconds: float = _setting("MONGODB_TIMEOUT_SECONDS", 5.0, _positive)
+    mongodb_write_concern: str = _setting("MONGODB_WRITE_CONCERN", "majority", _write_concern)  # reports: w=
+    mongodb_journal: bool = _setting("MONGODB_JOURNAL", True)  # reports are acknowledged once journaled
+    claim_lease_seconds: float = _setting("CLAIM_LEASE_SECONDS", 30.0, _at_least(3.0))  # renewed every third
     openai_api_key: str = _setting("OPENAI_API_KEY", "", secret=True)
     openai_base_url: str = _setting("OPENAI_BASE_URL", "")
     openai_model: str = _setting("OPENAI_MODEL", "gpt-4o")
@@ -199,10 +214,23 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _boolean(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
 def _convert(f: dataclasses.Field, raw: Any) -> Any:
     name = f.metadata["env"]
     kind = f.type
     try:
+        if kind is bool:
+            return _boolean(raw)
         if kind is int:
             if isinstance(raw, bool):
                 raise ValueError

@@ -1,11 +1,12 @@
 """MongoDB: users, medical_reports and knowledge_base, with the indexes the pipeline relies on."""
 
 import contextlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.write_concern import WriteConcern
 
 from worker.errors import TransientError
 
@@ -15,8 +16,8 @@ INDEXES = {
         ([("report_id", ASCENDING)], {"unique": True}),
         ([("request_id", ASCENDING)], {"unique": True}),
         ([("user_id", ASCENDING), ("created_at", DESCENDING)], {}),
+        ([("lease_until", ASCENDING)], {"expireAfterSeconds": 3600}),  # stubs of owners that never came back
     ],
-    "report_claims": [([("expires_at", ASCENDING)], {"expireAfterSeconds": 0})],
     "knowledge_base": [
         ([("id", ASCENDING)], {"unique": True}),
         ([("category", ASCENDING)], {}),
@@ -26,7 +27,7 @@ INDEXES = {
 
 
 @contextlib.contextmanager
-def _transient_on_failure(action: str) -> Iterator[None]:
+def transient_on_failure(action: str) -> Iterator[None]:
     """Any database failure other than a duplicate key is worth a retry later."""
     try:
         yield
@@ -41,7 +42,8 @@ def now() -> datetime:
 
 
 class Store:
-    def __init__(self, url: str, database: str, timeout_seconds: float = 5.0):
+    def __init__(self, url: str, database: str, timeout_seconds: float = 5.0, write_concern: str = "majority",
+                 journal: bool = True):
         timeout_ms = int(timeout_seconds * 1000)
         self.client: MongoClient = MongoClient(
             url,
@@ -53,26 +55,26 @@ class Store:
         )
         self.db = self.client[database]
         self.users = self.db["users"]
-        self.reports = self.db["medical_reports"]
+        concern = WriteConcern(w=int(write_concern) if write_concern.isdigit() else write_concern, j=journal)
+        self.reports = self.db.get_collection("medical_reports", write_concern=concern)  # acked once durable
         self.knowledge = self.db["knowledge_base"]
-        self.claims = self.db["report_claims"]
 
     def close(self) -> None:
         self.client.close()
 
     def ping(self) -> None:
-        with _transient_on_failure("ping"):
+        with transient_on_failure("ping"):
             self.client.admin.command("ping")
 
     def ensure_indexes(self) -> None:
-        with _transient_on_failure("create indexes"):
+        with transient_on_failure("create indexes"):
             for collection, indexes in INDEXES.items():
                 for keys, options in indexes:
                     self.db[collection].create_index(keys, **options)
 
     def upsert_user(self, user_id: str) -> None:
         stamp = now()
-        with _transient_on_failure("upsert user"):
+        with transient_on_failure("upsert user"):
             try:
                 self.users.update_one(
                     {"user_id": user_id},
@@ -83,45 +85,12 @@ class Store:
                 pass  # two first requests of one user raced; the other upsert created it
 
     def find_report(self, request_id: str) -> dict | None:
-        with _transient_on_failure("find report"):
+        with transient_on_failure("find report"):
             return self.reports.find_one({"request_id": request_id}, {"_id": 0})
-
-    def insert_report(self, report: Mapping[str, Any]) -> dict:
-        """Store a report and return it; if this request already has one, return that one instead."""
-        with _transient_on_failure("insert report"):
-            try:
-                self.reports.insert_one(dict(report))
-                return dict(report)
-            except DuplicateKeyError:
-                existing = self.reports.find_one({"request_id": report["request_id"]}, {"_id": 0})
-                if existing is None:
-                    raise
-                return existing
-
-    def claim(self, request_id: str, owner: str, seconds: float, steal: bool = False) -> bool:
-        """Take the right to generate this request's report; False while another live owner has it.
-
-        A claim ends when it expires, at once when `steal` is set (the broker redelivered the
-        message, so its previous consumer is gone), and for its own owner (an earlier attempt of
-        the same message that could not release it)."""
-        stamp = now()
-        claim = {"owner": owner, "expires_at": stamp + timedelta(seconds=seconds)}
-        with _transient_on_failure("claim request"):
-            try:
-                self.claims.insert_one({"_id": request_id, **claim})
-                return True
-            except DuplicateKeyError:
-                takeable = {"_id": request_id} if steal else {
-                    "_id": request_id, "$or": [{"expires_at": {"$lt": stamp}}, {"owner": owner}]}
-                return self.claims.find_one_and_update(takeable, {"$set": claim}) is not None
-
-    def release(self, request_id: str, owner: str) -> None:
-        with _transient_on_failure("release claim"):
-            self.claims.delete_one({"_id": request_id, "owner": owner})
 
     def active_knowledge(self, categories: Iterable[str]) -> list[dict]:
         query = {"status": "active", "category": {"$in": sorted(set(categories))}}
-        with _transient_on_failure("load knowledge"):
+        with transient_on_failure("load knowledge"):
             cursor = self.knowledge.find(query, {"_id": 0}).sort([("category", ASCENDING), ("id", ASCENDING)])
             return list(cursor)
 
@@ -129,12 +98,12 @@ class Store:
         operations = [UpdateOne({"id": e["id"]}, {"$set": dict(e)}, upsert=True) for e in entries]
         if not operations:
             return 0
-        with _transient_on_failure("import knowledge"):
+        with transient_on_failure("import knowledge"):
             self.knowledge.bulk_write(operations, ordered=False)
         return len(operations)
 
     def list_knowledge(self, category: str | None = None) -> list[dict]:
         query = {"category": category} if category else {}
-        with _transient_on_failure("list knowledge"):
+        with transient_on_failure("list knowledge"):
             return list(self.knowledge.find(query, {"_id": 0}).sort("id", ASCENDING))
 
