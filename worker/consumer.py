@@ -4,6 +4,7 @@ import functools
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 import pika
@@ -14,7 +15,7 @@ from pika.exceptions import (
 from metrics.definitions import (
     BROKER_RECONNECTS, INFLIGHT, MESSAGES, PROCESSING_SECONDS, REDELIVERIES, STAGE_SECONDS,
 )
-from worker import exitcodes
+from worker import exitcodes, lifecycle
 from worker.broker import connection_parameters
 from worker.delivery import Delivery, Publish, Settlement
 from worker.logs import EventLog
@@ -43,6 +44,15 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempts = 0
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the supervisor may know of a consumer (its heartbeat): a `worker.lifecycle` phase and counts."""
+
+    phase: str      # lifecycle.CONNECTING, CONSUMING, DRAINING (later BLOCKED)
+    settled: int    # deliveries settled since start
+    inflight: int   # deliveries received and not settled yet
 
 
 class Consumer:
@@ -74,6 +84,16 @@ class Consumer:
         """Ask for a graceful stop, leaving with `code`; safe from a signal handler (it only sets flags)."""
         self.exit_code = code
         self.stopping = True
+
+    def status(self) -> Status:
+        """Called on the I/O thread (from `on_tick`)."""
+        if self.stopping or self.draining:
+            phase = lifecycle.DRAINING
+        elif self.channel is None:
+            phase = lifecycle.CONNECTING
+        else:
+            phase = lifecycle.CONSUMING
+        return Status(phase, self.settled, len(self.pending))
 
     # ---- the I/O thread ---------------------------------------------------------------------
 
