@@ -1,6 +1,8 @@
-"""Everything the parent serves, built from the settings, and the few hooks that feed it from the arbiter.
+"""Everything the parent serves, built from the settings; an observer of the arbiter's loop.
 
-Import this module only after `metrics.multiprocess.prepare_directory()` (it imports prometheus_client).
+The CLI (worker/cli.py) builds it and hands it to `supervisor.service.serve`; this module knows
+nothing of the supervisor. Import it only after `metrics.multiprocess.prepare_directory()` (it
+imports prometheus_client).
 """
 
 from metrics.multiprocess import MetricsDirectory
@@ -12,12 +14,10 @@ from worker.settings import Settings, SettingsError
 
 log = EventLog(__name__)
 
-PLANNED_RESTARTS = ("recycle", "reload")   # replacements the arbiter does not count against its limit
-
 
 class Endpoint:
-    """Parent metrics, probes and the HTTP server. The arbiter's loop calls `tick`, `child_started`,
-    `child_exited` and `reload`; the HTTP thread only reads what they stored."""
+    """Parent metrics, probes and the HTTP server. The arbiter's loop calls `start`, `tick`,
+    `child_started`, `child_exited`, `reload` and `stop`; the HTTP thread only reads what they stored."""
 
     def __init__(self, settings: Settings, directory: MetricsDirectory,
                  checks: dict[str, Check] | None = None, poll_interval: float = 5.0):
@@ -58,39 +58,10 @@ class Endpoint:
         self.parent.child_started(index, pid)
 
     def child_exited(self, index: int, pid: int, reason: str, restart: bool) -> None:
-        """Right after waitpid, before the next fork: folds the child's metric files, counts the restart."""
+        """Right after waitpid, before the next fork: folds the child's metric files; `restart`: count it
+        under `reason` (a worker.lifecycle reason) in report_worker_child_restarts_total."""
         self.parent.child_exited(index, pid, reason, restart)
 
     def reload(self, settings: Settings) -> None:
         self.settings = settings
         self.parent.reload(settings)
-
-
-def attach(arbiter, directory: MetricsDirectory, checks: dict[str, Check] | None = None) -> Endpoint:
-    """Build an Endpoint for `arbiter` (supervisor.arbiter.Arbiter) and hook it into its loop.
-
-    Uses only the arbiter's extension points: `tick_steps`, `on_spawn(child)`, `on_exit(child, counted)`,
-    `on_reload(settings)`, and a child's `index`, `pid`, `state` and `reason`.
-    """
-    from supervisor.states import State
-
-    endpoint = Endpoint(arbiter.settings, directory, checks)
-    live: dict[int, object] = {}          # pid -> Child, between on_spawn and on_exit
-
-    def tick() -> None:
-        endpoint.tick(len(live), sum(1 for c in live.values() if c.state is State.RUNNING))
-
-    def spawned(child) -> None:
-        live[child.pid] = child
-        endpoint.child_started(child.index, child.pid)
-
-    def exited(child, counted: bool) -> None:
-        live.pop(child.pid, None)
-        endpoint.child_exited(child.index, child.pid, child.reason or "unknown",
-                              restart=counted or child.reason in PLANNED_RESTARTS)
-
-    arbiter.tick_steps.append(tick)
-    arbiter.on_spawn.append(spawned)
-    arbiter.on_exit.append(exited)
-    arbiter.on_reload.append(endpoint.reload)
-    return endpoint
