@@ -99,14 +99,9 @@ class ParentMetrics:
         self._rss.pop(pid, None)
         self._cpu_before[index] = self._cpu_before.get(index, 0.0) + self._cpu.pop(pid, 0.0)
 
-    def sample_children(self, children: dict[int, int] | None = None) -> None:
-        """Read RSS and CPU of the live children; `children` ({index: pid}) replaces what we know."""
+    def sample_children(self) -> None:
+        """Read RSS and CPU of the live children."""
         with self._lock:
-            if children is not None:
-                wanted = {pid: index for index, pid in children.items()}
-                for pid in set(self._index) - set(wanted):
-                    self._forget(pid, self._index[pid])
-                self._index.update(wanted)
             live = dict(self._index)
         for pid in live:
             self._sample(pid)

@@ -3,7 +3,6 @@
 import json
 import os
 import threading
-import time
 import weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -36,11 +35,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner: MetricsServer = self.server.owner
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            started = time.perf_counter()
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            body = encoder(owner.registry)
-            owner.last_scrape_seconds = time.perf_counter() - started
-            self._send(200, content_type, body)
+            self._send(200, content_type, encoder(owner.registry))
         elif path == "/healthz":
             self._json(*owner.probes.liveness())
         elif path == "/readyz":
@@ -80,7 +76,6 @@ class MetricsServer:
         self.probes = probes
         self.bind = bind
         self.requested_port = port
-        self.last_scrape_seconds: float | None = None
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
