@@ -25,7 +25,11 @@ def _non_negative(value, name):
 
 def _scheme(*schemes):
     def check(value, name):
-        if urlsplit(value).scheme not in schemes:
+        try:
+            scheme = urlsplit(value).scheme
+        except ValueError as exc:  # "amqp://[broker": Invalid IPv6 URL
+            raise SettingsError(f"{name} is not a valid URL ({exc})") from None
+        if scheme not in schemes:
             raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
     return check
 
