@@ -4,14 +4,18 @@ Kept in memory and exposed by a custom collector, never in the multiprocess dire
 is one process, and its gauges would otherwise carry a pid label or outlive it.
 """
 
+import os
 import threading
-from typing import Callable
+import weakref
 from importlib import metadata
+from typing import Callable
 
+import pika
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from metrics.queues import QueuePoller
+from worker.broker import connection_parameters
 from worker.settings import Settings
 
 PREFIX = "report_worker_"
@@ -50,8 +54,10 @@ class ParentMetrics:
                  consuming: Callable[[], int] | None = None):
         self.settings = settings
         self.directory = directory            # a MetricsDirectory: child_exited folds the child's files
-        self.poller = poller or QueuePoller(settings, poll_interval)
+        self.poller = poller or QueuePoller(settings, poll_interval, connect=self._connect)
         self.consuming = consuming            # children consuming now (for capacity); default: all live ones
+        self._connections: "weakref.WeakSet[pika.BlockingConnection]" = weakref.WeakSet()
+        _instances.add(self)
         self.version = version()
         self._lock = threading.Lock()
         self._index: dict[int, int] = {}          # pid -> worker index, live children
@@ -62,6 +68,21 @@ class ParentMetrics:
         self._restarts: dict[str, int] = {}
 
     # -- called by the arbiter ---------------------------------------------------------------
+
+    def _connect(self, settings: Settings) -> pika.BlockingConnection:
+        """The queue poller's connection, remembered so that a forked child can close its copy."""
+        connection = pika.BlockingConnection(connection_parameters(settings, "metrics"))
+        self._connections.add(connection)
+        return connection
+
+    def close_in_child(self) -> None:
+        """In a forked child: close our copy of the poller's socket to the broker (nothing is sent, so
+        the parent's connection lives on; the poller thread does not exist here)."""
+        for connection in list(self._connections):
+            sock = getattr(getattr(getattr(connection, "_impl", None), "_transport", None), "_sock", None)
+            if sock is not None:  # pika keeps the socket at connection._impl._transport._sock (1.3, 1.4)
+                sock.close()
+        self._connections = weakref.WeakSet()
 
     def start(self) -> None:
         """Start polling the queues (a daemon thread with its own RabbitMQ connection)."""
@@ -182,3 +203,14 @@ def _count(callable_: Callable[[], int]) -> int:
         return int(callable_())
     except Exception:  # the arbiter's answer is not worth a failed scrape
         return 0
+
+
+_instances: "weakref.WeakSet[ParentMetrics]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance.close_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,6 +1,6 @@
 """The parent's metrics endpoint without a parent: bounded threads, timeouts, fork hygiene.
 
-Real sockets on 127.0.0.1, one os.fork() per hygiene test.
+Real sockets on 127.0.0.1, one os.fork() per hygiene test, the local RabbitMQ for the queue poller.
 """
 
 import os
@@ -11,6 +11,8 @@ import urllib.request
 
 import pytest
 
+from tests.conftest import RABBITMQ_URL
+from tests.supervisor_fakes import make_settings
 
 
 # -- the metrics server: bounded threads, timeouts ------------------------------------------------------
@@ -107,3 +109,26 @@ def test_a_forked_child_closes_the_servers_client_connections(server):
     waiting.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")           # the parent still serves the connection
     assert waiting.recv(12).startswith(b"HTTP/1.1 200")
     waiting.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_closes_the_queue_pollers_connection():
+    from metrics.parent import ParentMetrics
+
+    parent = ParentMetrics(make_settings(rabbitmq_url=RABBITMQ_URL), poll_interval=0.1)
+    parent.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not parent.poller.polled_at:
+            assert time.monotonic() < deadline, "the poller never reached the broker"
+            time.sleep(0.05)
+        [connection] = list(parent._connections)
+        fd = connection._impl._transport._sock.fileno()
+        assert in_a_child(lambda: fd_state(fd)) == b"closed"
+        polled = parent.poller.polled_at
+        while parent.poller.polled_at == polled:                  # the parent's connection still works
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert connection.is_open
+    finally:
+        parent.stop()

@@ -395,3 +395,41 @@ def test_measure_rss_of_parent_and_children(supervisor, broker, db, llm, threads
     print(f"\nFIGURE threads={threads} parent_rss_mb={parent_mb:.1f} child_rss_mb={[round(m, 1) for m in child_mb]} "
           f"child_uss_mb={[round(m, 1) for m in child_uss_mb]} child_threads={child_threads}")
     assert parent_mb < 200 and all(m < 400 for m in child_mb)
+
+
+# -- the parent's sockets stay with the parent (what only processes can show) ----------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_flooded_metrics_port_still_answers_and_children_keep_none_of_its_sockets(supervisor, broker):
+    import urllib.request
+
+    from tests.services import free_port
+
+    port = free_port()
+    parent = supervisor("--processes", "1", METRICS_PORT=str(port))
+    first = parent.wait_children(1)[1]
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(url + "/readyz", timeout=10) as answer:
+        assert answer.status == 200
+    threads = psutil.Process(parent.pid).num_threads()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+    try:
+        started = time.monotonic()
+        for path in ("/healthz", "/metrics", "/readyz", "/healthz"):
+            with urllib.request.urlopen(url + path, timeout=10) as answer:
+                assert answer.status == 200
+        answered = time.monotonic() - started
+        flooded_threads = psutil.Process(parent.pid).num_threads()
+        print(f"\nFIGURE flooded_metrics answered_seconds={answered:.3f} threads={threads}->{flooded_threads}")
+        assert answered < 5 and flooded_threads <= threads + 4
+        os.kill(first, signal.SIGKILL)                          # a child forked while 200 connections are open
+        second = wait_for(lambda: (c := parent.ready_children()) and c.get(1) != first and c.get(1), 20)
+        ours = psutil.Process(parent.pid).net_connections("tcp")
+        poller = {c.laddr for c in ours if c.raddr and c.raddr.port == 5672}
+        theirs = psutil.Process(second).net_connections("tcp")
+        assert not [c for c in theirs if c.laddr.port == port or (c.raddr and c.raddr.port == port)]
+        assert poller and not [c for c in theirs if c.laddr in poller]
+    finally:
+        for sock in idle:
+            sock.close()
