@@ -6,7 +6,7 @@ from typing import Callable, Iterable
 from supervisor import tuning
 from supervisor.children import Children
 from supervisor.notify import Notifier
-from supervisor.observer import Observer
+from supervisor.observer import Observer, Observers
 from supervisor.processes import Processes
 from supervisor.restarts import RestartLimit
 from supervisor.signals import NAMES, SignalQueue
@@ -19,6 +19,7 @@ log = EventLog(__name__)
 
 TICK = 0.2          # longest wait between two turns of the loop when no signal arrives
 STOP_MARGIN = 5.0   # beyond GRACEFUL_TIMEOUT: time for a drained child to close its connections and exit
+LOOP_FAILURES, LOOP_WINDOW = 5, 60.0   # more failing turns than this within the window: give up
 
 
 class Arbiter:
@@ -35,7 +36,7 @@ class Arbiter:
         self.load_settings = load_settings
         self.notifier = notifier
         self.processes = processes
-        self.observers = list(observers)
+        self.observers = Observers(observers)
         self.clock = clock
         self.signals = signals or SignalQueue()
         self.children = Children(processes, clock)
@@ -43,26 +44,27 @@ class Arbiter:
         self.wanted = settings.worker_processes
         self.generation = 1                   # bumped by HUP; children of older generations are replaced
         self.restarts = RestartLimit(settings.restart_limit, settings.restart_window)
+        self.loop_failures = RestartLimit(LOOP_FAILURES, LOOP_WINDOW)
+        self.broken = False                   # the loop kept failing even while stopping
         self.started_at = clock()
 
     def run(self) -> int:
+        """Loop until every child is gone after a stop. A failing turn is logged and counted, never fatal to
+        the children; if the loop keeps failing, the parent gives up gracefully (TERM, drain, exit 1)."""
         self.signals.install()
         log.info("arbiter_started", processes=self.wanted, threads=self.settings.worker_threads,
                  prefetch=self.settings.prefetch, timeout=self.settings.worker_timeout,
                  heartbeats=self.processes.path)
-        code = exitcodes.FAILURE
         try:
-            while True:
-                self.tick()
+            while not self.broken:
+                self.guarded(self.tick)
                 if self.finished():
-                    code = self.parent.stop_code
                     break
                 for signum in self.signals.wait(TICK):
-                    self.dispatch(signum)
-        except Exception:
-            log.error("arbiter_crashed", exc_info=True)
+                    self.guarded(self.dispatch, signum)
         finally:
-            self.children.close()
+            self.children.close(self.settings.graceful_timeout + STOP_MARGIN)  # normally nothing is left
+        code = exitcodes.FAILURE if self.broken else self.parent.stop_code
         log.info("arbiter_stopped", code=code, reason=exitcodes.describe(code))
         return code
 
@@ -74,9 +76,25 @@ class Arbiter:
         self.manage_children()
         self.replace_retiring()
         self.notify_systemd()
-        census = self.census()
-        for observer in self.observers:
-            observer.tick(**census)
+        census = self.children.census()
+        self.observers.tick(alive=census.alive, consuming=census.consuming)
+
+    def guarded(self, step: Callable, *args) -> None:
+        """Run a turn (or a signal's handler); an exception is a bug of ours: log it, count it, go on.
+        More than LOOP_FAILURES within LOOP_WINDOW: give up gracefully; still failing then: break the loop."""
+        try:
+            step(*args)
+        except Exception:
+            failing = not self.loop_failures.allow(self.clock())
+            log.error("arbiter_loop_failed", exc_info=True, failures=len(self.loop_failures.times))
+            if not failing:
+                return
+            try:
+                if self.parent.phase is not Phase.STOPPING:
+                    return self.give_up(exitcodes.FAILURE, "the parent's loop keeps failing")
+            except Exception:
+                log.error("arbiter_loop_failed", exc_info=True)
+            self.broken = True  # failing while stopping: run() drains what is left and exits 1
 
     def finished(self) -> bool:
         return self.parent.phase is Phase.STOPPING and not self.children.alive()
@@ -103,24 +121,25 @@ class Arbiter:
             self.children.kill(child, lifecycle.QUIT)
 
     def handle_hup(self) -> None:
+        """Reload the settings; if anything about them is wrong, keep the old settings and children."""
         if self.parent.phase is Phase.STOPPING:
             return
         try:
             settings = self.load_settings()
-        except SettingsError as exc:
-            log.error("reload_failed", error=str(exc), hint="still running with the previous settings")
+            logs.configure(settings.log_level, worker=settings.name, role="arbiter")
+            tuning.check_consumer_timeout(settings)
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, SettingsError) else f"{type(exc).__name__}: {exc}"[:300]
+            log.error("reload_failed", error=error, hint="still running with the previous settings")
             return
         if self.parent.phase is not Phase.STARTING:  # before READY=1 there is nothing to announce
             self.notifier.reloading()
             self.parent.change(Phase.RELOADING)
-        logs.configure(settings.log_level, worker=settings.name, role="arbiter")
-        tuning.check_consumer_timeout(settings)
         self.settings, self.wanted = settings, settings.worker_processes
         self.generation += 1
         self.restarts = RestartLimit(settings.restart_limit, settings.restart_window)
         log.info("reloading", generation=self.generation, processes=self.wanted)
-        for observer in self.observers:
-            observer.reload(settings)
+        self.observers.reload(settings)
 
     def handle_ttin(self) -> None:
         self.wanted += 1
@@ -190,33 +209,26 @@ class Arbiter:
                 return
 
     def notify_systemd(self) -> None:
+        """READY=1 and STATUS= say how much capacity there is; WATCHDOG=1 only that this loop turns."""
         slots = self.children.slotted()
         all_up = len(slots) == self.wanted and all(c.state in UP for c in slots)
-        inflight = sum(c.beat.inflight for c in self.children.alive())
-        if self.parent.phase is Phase.STOPPING:
-            status = f"stopping: {len(self.children.alive())} children left, {inflight} in flight"
-        else:
-            status = f"{sum(c.consuming for c in slots)}/{self.wanted} children consuming, {inflight} in flight"
-        if self.parent.phase is Phase.STARTING and all_up:
+        status = self.children.census().status(self.wanted, stopping=self.parent.phase is Phase.STOPPING)
+        reloaded = self.parent.phase is Phase.RELOADING and all(c.generation == self.generation for c in slots)
+        if all_up and (self.parent.phase is Phase.STARTING or reloaded):
             self.parent.change(Phase.RUNNING)
             self.notifier.ready(status)
-            log.info("ready", processes=self.wanted, seconds=round(self.clock() - self.started_at, 3))
-        elif (self.parent.phase is Phase.RELOADING and all_up
-              and all(c.generation == self.generation for c in slots)):
-            self.parent.change(Phase.RUNNING)
-            self.notifier.ready(status)
-            log.info("reloaded", generation=self.generation, processes=self.wanted)
+            log.info("reloaded" if reloaded else "ready", processes=self.wanted, generation=self.generation,
+                     seconds=round(self.clock() - self.started_at, 3))
         else:
             self.notifier.update_status(status)
-        if self.healthy():
-            self.notifier.watchdog(self.clock())
+        self.notifier.watchdog(self.clock())
 
     # ---- decisions ----------------------------------------------------------------------------
 
     def spawn(self, index: int, failures: int = 0) -> Child:
         child = self.children.spawn(index, self.generation, self.settings, failures)
-        for observer in self.observers:
-            observer.child_started(index, child.pid)
+        if child.state is State.STARTING:  # else fork() failed and the slot backs off
+            self.observers.child_started(index, child.pid)
         return child
 
     def stop_child(self, child: Child, reason: str) -> None:
@@ -231,8 +243,7 @@ class Arbiter:
         level("child_exited", **child.describe(), code=code, reason=reason, settled=child.beat.settled,
               uptime=round(now - child.started_at, 3))
         restart = reason in lifecycle.REPLACED if planned else code != exitcodes.CONFIG
-        for observer in self.observers:
-            observer.child_exited(child.index, child.pid, reason, restart)
+        self.observers.child_exited(child.index, child.pid, reason, restart)
         if planned:
             self.children.end(child, reason)
         elif code == exitcodes.CONFIG:
@@ -251,8 +262,6 @@ class Arbiter:
             self.children.end(child, reason)
             new = self.spawn(child.index)
             log.info("child_restarted", index=child.index, old_pid=child.pid, child_pid=new.pid, reason=reason)
-
-    # ---- the parent's transitions -------------------------------------------------------------
 
     def give_up(self, code: int, message: str) -> None:
         log.error("giving_up", code=code, reason=exitcodes.describe(code), message=message)
@@ -283,15 +292,3 @@ class Arbiter:
         if child.beat.request == lifecycle.RECYCLE:
             return lifecycle.RECYCLE
         return ""
-
-    def census(self) -> dict[str, int]:
-        live = self.children.alive()
-        return {"alive": len(live), "consuming": sum(c.consuming for c in live)}
-
-    def healthy(self) -> bool:
-        """For the watchdog: no slot in backoff and every consuming child beat within WORKER_TIMEOUT."""
-        now = self.clock()
-        return all(c.state is not State.BACKOFF for c in self.children.slotted()) and all(
-            now - c.beat.at <= self.settings.worker_timeout
-            for c in self.children.alive() if c.state in (*UP, State.RETIRING))
-

@@ -6,16 +6,33 @@ BACKOFF (no process). A child that left its slot (RETIRING, STOPPING, or KILLED 
 """
 
 import signal
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from supervisor import heartbeat
 from supervisor.processes import Processes
 from supervisor.restarts import backoff_delay
 from supervisor.states import FOLLOWS, UP, Child, State, change_state
+from worker import lifecycle
 from worker.logs import EventLog
 from worker.settings import Settings
 
 log = EventLog(__name__)
+
+
+@dataclass(frozen=True)
+class Census:
+    """What the children's heartbeats add up to, for systemd's STATUS= and the observers."""
+
+    alive: int              # child processes
+    consuming: int          # capacity: their heartbeat says consuming (a retiring one included)
+    inflight: int
+    slots_consuming: int    # slots whose current child consumes
+
+    def status(self, wanted: int, stopping: bool) -> str:
+        if stopping:
+            return f"stopping: {self.alive} children left, {self.inflight} in flight"
+        return f"{self.slots_consuming}/{wanted} children consuming, {self.inflight} in flight"
 
 
 class Children:
@@ -51,6 +68,12 @@ class Children:
     def indexes(self) -> list[int]:
         return sorted(self._slots)
 
+    def census(self) -> Census:
+        live = self.alive()
+        return Census(alive=len(live), consuming=sum(c.consuming for c in live),
+                      inflight=sum(c.beat.inflight for c in live),
+                      slots_consuming=sum(c.consuming for c in self.slotted()))
+
     # ---- what the operating system tells -----------------------------------------------------
 
     def reap(self) -> Iterator[tuple[Child, int]]:
@@ -72,14 +95,20 @@ class Children:
     # ---- transitions --------------------------------------------------------------------------
 
     def spawn(self, index: int, generation: int, settings: Settings, failures: int = 0) -> Child:
-        """A new child in slot `index` (STARTING); the slot's previous child must have left or ended."""
+        """A new child in slot `index` (STARTING); the slot's previous child must have left or ended.
+        If fork() fails (EAGAIN at TasksMax, say), the slot backs off like after a failed start."""
         previous = self._slots.get(index)
         if previous is not None:
             raise RuntimeError(f"slot {index} still holds pid {previous.pid} ({previous.state.value})")
         now = self.clock()
-        pid, path = self.processes.spawn(index, settings, now)
-        child = Child(index, generation, path, started_at=now, beat=heartbeat.first(now), pid=pid, failures=failures)
+        child = Child(index, generation, "", started_at=now, beat=heartbeat.first(now), failures=failures)
         self._slots[index] = child
+        try:
+            child.pid, child.heartbeat = self.processes.spawn(index, settings, now)
+        except OSError as exc:
+            log.error("fork_failed", index=index, error=f"{type(exc).__name__}: {exc}")
+            self.back_off(child, lifecycle.FORK_FAILED)
+            return child
         log.info("child_spawned", **child.describe(), generation=generation)
         return child
 
@@ -147,6 +176,6 @@ class Children:
         if child not in self._leaving:
             self._leaving.append(child)
 
-    def close(self) -> None:
-        """On the parent's way out: SIGKILL and wait for whatever is left (nothing, normally)."""
-        self.processes.close([c.pid for c in self.alive()])
+    def close(self, grace: float) -> None:
+        """On the parent's way out: drain, then SIGKILL, whatever is left (nothing, normally)."""
+        self.processes.close([c.pid for c in self.alive()], grace)

@@ -2,7 +2,10 @@
 
 from typing import Protocol
 
+from worker.logs import EventLog
 from worker.settings import Settings
+
+log = EventLog(__name__)
 
 
 class Observer(Protocol):
@@ -22,3 +25,23 @@ class Observer(Protocol):
         `restart`: the child was replaced (crash, kill, recycle, reload ...), not stopped for good."""
 
     def reload(self, settings: Settings) -> None: ...
+
+
+class Observers:
+    """Many observers as one: each call goes to all of them, and a failing observer is logged (the 1st,
+    10th, 100th ... time), never fatal to the loop."""
+
+    def __init__(self, observers=()):
+        self.observers = list(observers)
+        self.failures = 0
+
+    def __getattr__(self, event: str):
+        def call(*args, **kwargs) -> None:
+            for observer in self.observers:
+                try:
+                    getattr(observer, event)(*args, **kwargs)
+                except Exception:
+                    self.failures += 1
+                    if str(self.failures).strip("0") == "1":
+                        log.error("observer_failed", exc_info=True, call=event, failures=self.failures)
+        return call

@@ -7,6 +7,7 @@ import gc
 import os
 import signal
 import sys
+import time
 
 from supervisor import child as child_process
 from supervisor import heartbeat
@@ -74,9 +75,17 @@ class Processes:
         """A reaped child's heartbeat file."""
         self.heartbeats.remove(path)
 
-    def close(self, pids: list[int]) -> None:
-        """On the way out: nothing should be left, but never leave an orphan consuming."""
-        for pid in pids:
+    def close(self, pids: list[int], grace: float) -> None:
+        """On the way out: normally nothing is left. If the loop broke with children alive, let them
+        drain (SIGTERM, up to `grace` seconds), then SIGKILL the rest: never leave an orphan consuming."""
+        left = set(pids)
+        for pid in left:
+            self.send(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while left and time.monotonic() < deadline:
+            left -= {pid for pid, _ in self.reap()}
+            time.sleep(0.05)
+        for pid in left:
             self.send(pid, signal.SIGKILL)
             try:
                 os.waitpid(pid, 0)

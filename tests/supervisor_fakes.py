@@ -68,8 +68,9 @@ class FakeProcesses:
     def forget(self, path):
         self.beats.pop(path, None)
 
-    def close(self, pids):
+    def close(self, pids, grace):
         self.closed = list(pids)
+        self.grace = grace
 
     # -- what a test does to a child ---------------------------------------------------------
 

@@ -397,6 +397,32 @@ def test_measure_rss_of_parent_and_children(supervisor, broker, db, llm, threads
     assert parent_mb < 200 and all(m < 400 for m in child_mb)
 
 
+# -- the parent never takes healthy children down with it (what only processes can show) ----------
+
+
+@pytest.mark.timeout(60)
+def test_hup_with_an_unparsable_rabbitmq_url_keeps_the_children(supervisor, broker, names, env, tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text('RABBITMQ_URL = "amqp://127.0.0.1:5672/%2F"\n')     # no password: allowed in a file
+    del env["RABBITMQ_URL"]
+    parent = supervisor("--processes", "2", "--config", str(config))
+    before = parent.wait_children(2)
+    config.write_text('RABBITMQ_URL = "amqp://[broker"\n')
+    parent.signal(signal.SIGHUP)
+    [failed] = parent.wait_event("reload_failed")
+    assert "RABBITMQ_URL" in failed["error"] and "not a valid URL" in failed["error"]
+    assert parent.proc.poll() is None and not parent.events("arbiter_loop_failed")
+    assert parent.ready_children() == before and not parent.events("child_replacing")
+    assert broker.consumers(names["RABBITMQ_REQUEST_QUEUE"]) == 2
+
+
+@pytest.mark.timeout(30)
+def test_an_unparsable_rabbitmq_url_at_start_is_a_configuration_error(supervisor):
+    parent = supervisor("--processes", "1", wait_ready=False, RABBITMQ_URL="amqp://[broker")
+    assert parent.wait(20) == exitcodes.CONFIG
+    assert "configuration error: RABBITMQ_URL is not a valid URL" in parent.output()
+
+
 # -- the parent's sockets stay with the parent (what only processes can show) ----------------------
 
 

@@ -33,6 +33,7 @@ QUIT = "quit"                       # SIGQUIT to the parent: SIGKILL
 RELOAD = "reload"                   # forked with settings older than the last HUP: replaced
 SHUTDOWN = "shutdown"               # the parent stops (TERM/INT, or it gives up)
 SCALE_DOWN = "scale_down"           # TTOU: one child fewer
+FORK_FAILED = "fork_failed"         # fork() itself failed (EAGAIN at TasksMax, ENOMEM): the slot backs off
 # BLOCKED (above) is a reason too: blocked longer than WORKER_BLOCKED_TIMEOUT, replaced
 
 REPLACED = frozenset({RECYCLE, RELOAD, BLOCKED})   # a successor took over first: a restart, but a planned one
