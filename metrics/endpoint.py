@@ -5,6 +5,8 @@ nothing of the supervisor. Import it only after `metrics.multiprocess.prepare_di
 imports prometheus_client).
 """
 
+from typing import Callable
+
 from metrics.multiprocess import MetricsDirectory
 from metrics.parent import ParentMetrics
 from metrics.probes import Check, Probes, service_checks
@@ -13,6 +15,20 @@ from worker.logs import EventLog
 from worker.settings import Settings, SettingsError
 
 log = EventLog(__name__)
+
+
+class ReadyProbes(Probes):
+    """Probes whose /readyz body also counts the blocked children (not ready capacity: a blocked child
+    cannot publish its answers). To fold into metrics/probes.py, which the lead owns."""
+
+    def __init__(self, *args, blocked: Callable[[], int] = lambda: 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blocked = blocked
+
+    def readiness(self) -> tuple[bool, dict]:
+        ok, body = super().readiness()
+        body["blocked"] = self.blocked()
+        return ok, body
 
 
 class Endpoint:
@@ -24,10 +40,12 @@ class Endpoint:
         self.settings = settings
         self.directory = directory
         self.alive = 0            # child processes; written by the loop, read by the HTTP thread
-        self.consuming = 0
-        self.parent = ParentMetrics(settings, directory, poll_interval, consuming=lambda: self.consuming)
-        self.probes = Probes(lambda: self.alive, lambda: self.consuming,
-                             service_checks(settings) if checks is None else checks)
+        self.consuming = 0        # capacity: children whose heartbeat says consuming (blocked ones are not)
+        self.blocked = 0          # children whose broker connection is blocked
+        self.parent = ParentMetrics(settings, directory, poll_interval, consuming=lambda: self.consuming,
+                                    blocked=lambda: self.blocked)
+        self.probes = ReadyProbes(lambda: self.alive, lambda: self.consuming,
+                                  service_checks(settings) if checks is None else checks, blocked=lambda: self.blocked)
         self.server: MetricsServer | None = None
         if settings.metrics_port:
             registry = build_registry(directory, self.parent)
@@ -49,9 +67,9 @@ class Endpoint:
         self.parent.stop()
         self.directory.remove()
 
-    def tick(self, alive: int, consuming: int) -> None:
-        """Once per turn of the loop: the loop is alive, and this many children are alive / consuming."""
-        self.alive, self.consuming = alive, consuming
+    def tick(self, alive: int, consuming: int, blocked: int = 0) -> None:
+        """Once per turn of the loop: the loop is alive, and this many children are alive / consuming / blocked."""
+        self.alive, self.consuming, self.blocked = alive, consuming, blocked
         self.probes.heartbeat()
 
     def child_started(self, index: int, pid: int) -> None:

@@ -30,6 +30,7 @@ NAMES = (
     "report_worker_queue_messages",
     "report_worker_queue_consumers",
     "report_worker_queue_poll_age_seconds",
+    "report_worker_broker_blocked",
     "report_worker_build_info",
 )
 
@@ -51,11 +52,12 @@ class ParentMetrics:
     """
 
     def __init__(self, settings: Settings, directory=None, poll_interval: float = 5.0, poller=None,
-                 consuming: Callable[[], int] | None = None):
+                 consuming: Callable[[], int] | None = None, blocked: Callable[[], int] | None = None):
         self.settings = settings
         self.directory = directory            # a MetricsDirectory: child_exited folds the child's files
         self.poller = poller or QueuePoller(settings, poll_interval, connect=self._connect)
         self.consuming = consuming            # children consuming now (for capacity); default: all live ones
+        self.blocked = blocked                # children whose broker connection is blocked now
         self._connections: "weakref.WeakSet[pika.BlockingConnection]" = weakref.WeakSet()
         _instances.add(self)
         self.version = version()
@@ -176,6 +178,9 @@ class ParentMetrics:
             family.add_metric([str(index)], value)
         yield family
         yield from self._queue_families()
+        yield GaugeMetricFamily(PREFIX + "broker_blocked",
+                                "Children whose RabbitMQ connection is blocked now (memory or disk alarm).",
+                                value=0 if self.blocked is None else _count(self.blocked))
         family = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the version is the label.", labels=["version"])
         family.add_metric([self.version], 1)
         yield family

@@ -20,6 +20,7 @@ log = EventLog(__name__)
 TICK = 0.2          # longest wait between two turns of the loop when no signal arrives
 STOP_MARGIN = 5.0   # beyond GRACEFUL_TIMEOUT: time for a drained child to close its connections and exit
 LOOP_FAILURES, LOOP_WINDOW = 5, 60.0   # more failing turns than this within the window: give up
+BLOCKED_TIMEOUT = 300.0                # default of WORKER_BLOCKED_TIMEOUT (the lead adds the setting)
 
 
 class Arbiter:
@@ -77,7 +78,7 @@ class Arbiter:
         self.replace_retiring()
         self.notify_systemd()
         census = self.children.census()
-        self.observers.tick(alive=census.alive, consuming=census.consuming)
+        self.observers.tick(alive=census.alive, consuming=census.consuming, blocked=census.blocked)
 
     def guarded(self, step: Callable, *args) -> None:
         """Run a turn (or a signal's handler); an exception is a bug of ours: log it, count it, go on.
@@ -190,8 +191,8 @@ class Arbiter:
                 self.stop_child(child, lifecycle.SCALE_DOWN)
 
     def replace_retiring(self) -> None:
-        """Rolling replacement (HUP, recycle), one slot at a time: a successor starts in the slot, and
-        its predecessor stops only once the successor consumes, so capacity never drops to zero."""
+        """Rolling replacement (HUP, recycle, blocked too long), one slot at a time: a successor starts in
+        the slot, and its predecessor stops only once the successor consumes (capacity never drops)."""
         if self.parent.phase is Phase.STOPPING:
             return
         for old in self.children.leaving():
@@ -291,4 +292,7 @@ class Arbiter:
             return lifecycle.RELOAD
         if child.beat.request == lifecycle.RECYCLE:
             return lifecycle.RECYCLE
+        limit = getattr(self.settings, "worker_blocked_timeout", BLOCKED_TIMEOUT)
+        if child.state is State.BLOCKED and self.clock() - child.since > limit:
+            return lifecycle.BLOCKED
         return ""

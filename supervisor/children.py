@@ -26,13 +26,15 @@ class Census:
 
     alive: int              # child processes
     consuming: int          # capacity: their heartbeat says consuming (a retiring one included)
+    blocked: int            # their broker connection is blocked
     inflight: int
     slots_consuming: int    # slots whose current child consumes
 
     def status(self, wanted: int, stopping: bool) -> str:
         if stopping:
             return f"stopping: {self.alive} children left, {self.inflight} in flight"
-        return f"{self.slots_consuming}/{wanted} children consuming, {self.inflight} in flight"
+        blocked = f", {self.blocked} blocked" if self.blocked else ""
+        return f"{self.slots_consuming}/{wanted} children consuming, {self.inflight} in flight{blocked}"
 
 
 class Children:
@@ -71,6 +73,7 @@ class Children:
     def census(self) -> Census:
         live = self.alive()
         return Census(alive=len(live), consuming=sum(c.consuming for c in live),
+                      blocked=sum(c.state is State.BLOCKED for c in live),
                       inflight=sum(c.beat.inflight for c in live),
                       slots_consuming=sum(c.consuming for c in self.slotted()))
 

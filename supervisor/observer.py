@@ -15,8 +15,8 @@ class Observer(Protocol):
 
     def stop(self) -> None: ...
 
-    def tick(self, alive: int, consuming: int) -> None:
-        """Every turn of the loop (at most arbiter.TICK apart): children alive, and consuming now."""
+    def tick(self, alive: int, consuming: int, blocked: int) -> None:
+        """Every turn of the loop (at most arbiter.TICK apart): children alive, consuming, and blocked now."""
 
     def child_started(self, index: int, pid: int) -> None: ...
 

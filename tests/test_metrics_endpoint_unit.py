@@ -1,4 +1,4 @@
-"""The parent's metrics endpoint without a parent: bounded threads, timeouts, fork hygiene.
+"""The parent's metrics endpoint without a parent: bounded threads, timeouts, blocked children, fork hygiene.
 
 Real sockets on 127.0.0.1, one os.fork() per hygiene test, the local RabbitMQ for the queue poller.
 """
@@ -13,6 +13,23 @@ import pytest
 
 from tests.conftest import RABBITMQ_URL
 from tests.supervisor_fakes import make_settings
+
+
+# -- what the metrics side shows --------------------------------------------------------------------
+
+
+def test_readyz_and_metrics_show_the_blocked_children():
+    from metrics.endpoint import ReadyProbes
+    from metrics.parent import ParentMetrics
+
+    probes = ReadyProbes(lambda: 2, lambda: 1, {}, blocked=lambda: 1)
+    probes.heartbeat()
+    ok, body = probes.readiness()
+    assert ok and body["blocked"] == 1 and body["consuming"] == 1
+    parent = ParentMetrics(make_settings(), poller=type("P", (), {"snapshot": dict, "age": lambda self: None})(),
+                           blocked=lambda: 3)
+    families = {f.name: f for f in parent.collect()}
+    assert families["report_worker_broker_blocked"].samples[0].value == 3
 
 
 # -- the metrics server: bounded threads, timeouts ------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The parent never takes healthy children down with it: the arbiter on fakes, in milliseconds."""
+"""The parent never takes healthy children down with it, and blocked is not hung: the arbiter on fakes, in milliseconds."""
 
 import errno
 import signal
@@ -154,3 +154,54 @@ def test_the_watchdog_is_fed_every_turn_the_loop_works_even_with_a_slot_in_backo
         rig.tick(0.1)
     assert rig.notifier.sent.count("WATCHDOG=1") == fed + 4
     assert rig.notifier.status == "1/2 children consuming, 0 in flight"   # readiness tells the capacity
+
+
+# -- blocked is not hung ------------------------------------------------------------------------------
+
+
+def blocked_for(rig: Rig, pid: int, seconds: float, others=()) -> None:
+    for _ in range(int(seconds / 10)):
+        rig.consume(pid, phase=lifecycle.BLOCKED, inflight=2)
+        if others:
+            rig.consume(*others)
+        rig.tick(10.0)
+
+
+def test_a_blocked_child_that_beats_is_neither_killed_nor_counted_as_capacity():
+    rig = Rig(worker_processes=2, worker_timeout=30.0)
+    pids = rig.started()
+    blocked_for(rig, pids[1], 290.0, others=[pids[2]])
+    assert rig.state(pids[1]) is State.BLOCKED and rig.os.signals == [] and len(rig.os.forks) == 2
+    assert rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 1}
+    assert rig.notifier.status == "1/2 children consuming, 2 in flight, 1 blocked"
+    rig.clock.advance(31.0)
+    rig.consume(pids[2])
+    rig.tick()                                       # pid 1 silent now: hung, blocked or not
+    assert rig.os.signals == [(pids[1], KILL)]
+
+
+def test_a_child_blocked_longer_than_its_limit_is_replaced_like_a_recycle():
+    rig = Rig(worker_processes=1, restart_limit=1)
+    old = rig.started()[1]
+    blocked_for(rig, old, 310.0)                     # the parent saw it blocked from the first of these ticks on
+    assert len(rig.os.forks) == 1 and rig.clock() - rig.child(old).since == 300.0
+    blocked_for(rig, old, 10.0)
+    new = rig.slots()[1]
+    assert new != old and rig.state(old) is State.RETIRING and rig.os.signals == []
+    rig.consume(old, phase=lifecycle.BLOCKED)
+    rig.consume(new)
+    rig.tick()
+    assert rig.os.signals == [(old, TERM)]
+    rig.os.exit(old, exitcodes.OK)
+    rig.tick()
+    assert rig.observer.exits() == [(1, old, "blocked", True)] and rig.arbiter.parent.phase is Phase.RUNNING
+
+
+def test_the_blocked_limit_is_a_setting_of_its_own():
+    rig = Rig(worker_processes=1)
+    object.__setattr__(rig.arbiter.settings, "worker_blocked_timeout", 60.0)   # WORKER_BLOCKED_TIMEOUT, to come
+    old = rig.started()[1]
+    blocked_for(rig, old, 70.0)
+    assert rig.slots()[1] == old
+    blocked_for(rig, old, 10.0)
+    assert rig.slots()[1] != old
