@@ -27,7 +27,10 @@ class ReadyProbes(Probes):
 
     def readiness(self) -> tuple[bool, dict]:
         ok, body = super().readiness()
-        body["blocked"] = self.blocked()
+        try:
+            body["blocked"] = int(self.blocked())
+        except Exception:  # like Probes: a broken callable is not worth a failed probe
+            body["blocked"] = None
         return ok, body
 
 

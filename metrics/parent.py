@@ -71,21 +71,6 @@ class ParentMetrics:
 
     # -- called by the arbiter ---------------------------------------------------------------
 
-    def _connect(self, settings: Settings) -> pika.BlockingConnection:
-        """The queue poller's connection, remembered so that a forked child can close its copy."""
-        connection = pika.BlockingConnection(connection_parameters(settings, "metrics"))
-        self._connections.add(connection)
-        return connection
-
-    def close_in_child(self) -> None:
-        """In a forked child: close our copy of the poller's socket to the broker (nothing is sent, so
-        the parent's connection lives on; the poller thread does not exist here)."""
-        for connection in list(self._connections):
-            sock = getattr(getattr(getattr(connection, "_impl", None), "_transport", None), "_sock", None)
-            if sock is not None:  # pika keeps the socket at connection._impl._transport._sock (1.3, 1.4)
-                sock.close()
-        self._connections = weakref.WeakSet()
-
     def start(self) -> None:
         """Start polling the queues (a daemon thread with its own RabbitMQ connection)."""
         self.poller.start()
@@ -105,7 +90,7 @@ class ParentMetrics:
     def child_exited(self, index: int, pid: int, reason: str, restart: bool = True) -> None:
         """A reaped child; call right after waitpid and before forking again (a new child may reuse the pid).
 
-        `reason` is a small fixed word (exitcodes.describe(code), "hung", "recycle", ...); `restart`
+        `reason` is a worker.lifecycle reason ("crash", "signal_9", "hung", "recycle", ...); `restart`
         is False when the parent is stopping or shrinking, so the exit is not counted as a restart.
         """
         if self.directory is not None:
@@ -143,6 +128,23 @@ class ParentMetrics:
                 self._procs[pid] = proc
                 self._rss[pid] = float(rss)
                 self._cpu[pid] = max(self._cpu.get(pid, 0.0), times.user + times.system)
+
+    # -- fork hygiene: the poller's connection stays with the parent ----------------------------
+
+    def _connect(self, settings: Settings) -> pika.BlockingConnection:
+        """The queue poller's connection, remembered so that a forked child can close its copy."""
+        connection = pika.BlockingConnection(connection_parameters(settings, "metrics"))
+        self._connections.add(connection)
+        return connection
+
+    def close_in_child(self) -> None:
+        """In a forked child: close our copy of the poller's socket to the broker (nothing is sent, so
+        the parent's connection lives on; the poller thread does not exist here)."""
+        for connection in list(self._connections):
+            sock = getattr(getattr(getattr(connection, "_impl", None), "_transport", None), "_sock", None)
+            if sock is not None:  # pika keeps the socket at connection._impl._transport._sock (1.3, 1.4)
+                sock.close()
+        self._connections = weakref.WeakSet()
 
     # -- called by the registry on each scrape -----------------------------------------------
 
