@@ -10,7 +10,7 @@ from supervisor.observer import Observer, Observers
 from supervisor.processes import Processes
 from supervisor.restarts import RestartLimit
 from supervisor.signals import NAMES, SignalQueue
-from supervisor.states import UP, Child, Parent, Phase, State
+from supervisor.states import UP, Child, Parent, ParentState, State
 from worker import exitcodes, lifecycle, logs
 from worker.logs import EventLog
 from worker.settings import Settings, SettingsError
@@ -91,14 +91,14 @@ class Arbiter:
             if not failing:
                 return
             try:
-                if self.parent.phase is not Phase.STOPPING:
+                if self.parent.state is not ParentState.STOPPING:
                     return self.give_up(exitcodes.FAILURE, "the parent's loop keeps failing")
             except Exception:
                 log.error("arbiter_loop_failed", exc_info=True)
             self.broken = True  # failing while stopping: run() drains what is left and exits 1
 
     def finished(self) -> bool:
-        return self.parent.phase is Phase.STOPPING and not self.children.alive()
+        return self.parent.state is ParentState.STOPPING and not self.children.alive()
 
     # ---- signals: queued by the handlers, acted on here ---------------------------------------
 
@@ -123,7 +123,7 @@ class Arbiter:
 
     def handle_hup(self) -> None:
         """Reload the settings; if anything about them is wrong, keep the old settings and children."""
-        if self.parent.phase is Phase.STOPPING:
+        if self.parent.state is ParentState.STOPPING:
             return
         try:
             settings = self.load_settings()
@@ -133,9 +133,9 @@ class Arbiter:
             error = str(exc) if isinstance(exc, SettingsError) else f"{type(exc).__name__}: {exc}"[:300]
             log.error("reload_failed", error=error, hint="still running with the previous settings")
             return
-        if self.parent.phase is not Phase.STARTING:  # before READY=1 there is nothing to announce
+        if self.parent.state is not ParentState.STARTING:  # before READY=1 there is nothing to announce
             self.notifier.reloading()
-            self.parent.change(Phase.RELOADING)
+            self.parent.change(ParentState.RELOADING)
         self.settings, self.wanted = settings, settings.worker_processes
         self.generation += 1
         self.restarts = RestartLimit(settings.restart_limit, settings.restart_window)
@@ -173,7 +173,7 @@ class Arbiter:
 
     def manage_children(self) -> None:
         """Move the slots toward the wanted count: fill empty ones, retry those whose backoff ended, drop the extra."""
-        if self.parent.phase is Phase.STOPPING:
+        if self.parent.state is ParentState.STOPPING:
             return
         now = self.clock()
         for index in range(1, self.wanted + 1):
@@ -193,7 +193,7 @@ class Arbiter:
     def replace_retiring(self) -> None:
         """Rolling replacement (HUP, recycle, blocked too long), one slot at a time: a successor starts in
         the slot, and its predecessor stops only once the successor consumes (capacity never drops)."""
-        if self.parent.phase is Phase.STOPPING:
+        if self.parent.state is ParentState.STOPPING:
             return
         for old in self.children.leaving():
             successor = self.children.current(old.index)
@@ -213,10 +213,10 @@ class Arbiter:
         """READY=1 and STATUS= say how much capacity there is; WATCHDOG=1 only that this loop turns."""
         slots = self.children.slotted()
         all_up = len(slots) == self.wanted and all(c.state in UP for c in slots)
-        status = self.children.census().status(self.wanted, stopping=self.parent.phase is Phase.STOPPING)
-        reloaded = self.parent.phase is Phase.RELOADING and all(c.generation == self.generation for c in slots)
-        if all_up and (self.parent.phase is Phase.STARTING or reloaded):
-            self.parent.change(Phase.RUNNING)
+        status = self.children.census().status(self.wanted, stopping=self.parent.state is ParentState.STOPPING)
+        reloaded = self.parent.state is ParentState.RELOADING and all(c.generation == self.generation for c in slots)
+        if all_up and (self.parent.state is ParentState.STARTING or reloaded):
+            self.parent.change(ParentState.RUNNING)
             self.notifier.ready(status)
             log.info("reloaded" if reloaded else "ready", processes=self.wanted, generation=self.generation,
                      seconds=round(self.clock() - self.started_at, 3))
@@ -270,9 +270,9 @@ class Arbiter:
 
     def begin_stop(self, code: int) -> None:
         """Graceful: TERM every child, let them drain within GRACEFUL_TIMEOUT, then leave with `code`."""
-        if self.parent.phase is Phase.STOPPING:
+        if self.parent.state is ParentState.STOPPING:
             return
-        self.parent.change(Phase.STOPPING)
+        self.parent.change(ParentState.STOPPING)
         self.parent.stop_code = code
         self.notifier.stopping()
         log.info("stopping", code=code, grace_seconds=self.settings.graceful_timeout)

@@ -39,7 +39,8 @@ ALLOWED = {
 LIVE = (*UP, State.STARTING, State.RETIRING, State.STOPPING, State.KILLED)   # a process exists
 
 # Where a heartbeat phase moves a child that is STARTING or UP (other phases leave it where it is).
-FOLLOWS = {lifecycle.CONSUMING: State.RUNNING, lifecycle.BLOCKED: State.BLOCKED, lifecycle.CONNECTING: State.RECONNECTING}
+FOLLOWS = {lifecycle.CONSUMING: State.RUNNING, lifecycle.BLOCKED: State.BLOCKED,
+           lifecycle.CONNECTING: State.RECONNECTING}
 
 
 @dataclass(eq=False)
@@ -88,7 +89,7 @@ def change_state(child: Child, new: State, now: float, reason: str = "") -> None
         child.reason = reason
 
 
-class Phase(enum.Enum):
+class ParentState(enum.Enum):
     """The parent's own state."""
 
     STARTING = "starting"     # until every slot's child consumes (READY=1); a HUP now only changes the settings
@@ -98,10 +99,10 @@ class Phase(enum.Enum):
 
 
 PARENT_ALLOWED = {
-    Phase.STARTING: {Phase.RUNNING, Phase.STOPPING},
-    Phase.RUNNING: {Phase.RELOADING, Phase.STOPPING},
-    Phase.RELOADING: {Phase.RUNNING, Phase.RELOADING, Phase.STOPPING},
-    Phase.STOPPING: set(),
+    ParentState.STARTING: {ParentState.RUNNING, ParentState.STOPPING},
+    ParentState.RUNNING: {ParentState.RELOADING, ParentState.STOPPING},
+    ParentState.RELOADING: {ParentState.RUNNING, ParentState.RELOADING, ParentState.STOPPING},
+    ParentState.STOPPING: set(),
 }
 
 
@@ -109,11 +110,11 @@ PARENT_ALLOWED = {
 class Parent:
     """The parent's state, and the exit code once it has decided to stop."""
 
-    phase: Phase = Phase.STARTING
+    state: ParentState = ParentState.STARTING
     stop_code: int | None = None   # STOPPING: the exit code once every child is gone
 
-    def change(self, new: Phase) -> None:
-        if new not in PARENT_ALLOWED[self.phase]:
-            raise RuntimeError(f"parent: {self.phase.value} -> {new.value} is not allowed")
-        log.debug("parent_state", old=self.phase.value, new=new.value)
-        self.phase = new
+    def change(self, new: ParentState) -> None:
+        if new not in PARENT_ALLOWED[self.state]:
+            raise RuntimeError(f"parent: {self.state.value} -> {new.value} is not allowed")
+        log.debug("parent_state", old=self.state.value, new=new.value)
+        self.state = new

@@ -5,7 +5,7 @@ import signal
 import pytest
 
 from supervisor.restarts import backoff_delay
-from supervisor.states import Phase, State
+from supervisor.states import ParentState, State
 from tests.supervisor_fakes import KILL, TERM, Rig, make_settings
 from worker import exitcodes, lifecycle
 from worker.settings import SettingsError
@@ -19,11 +19,11 @@ def test_ready_only_once_every_child_consumes():
     rig.consume(pids[1], pids[2])
     rig.consume(pids[3], phase=lifecycle.CONNECTING)
     rig.tick()
-    assert rig.arbiter.parent.phase is Phase.STARTING and "READY=1" not in rig.notifier.sent
+    assert rig.arbiter.parent.state is ParentState.STARTING and "READY=1" not in rig.notifier.sent
     assert rig.notifier.status == "2/3 children consuming, 0 in flight"
     rig.consume(pids[3], inflight=2)
     rig.tick()
-    assert rig.arbiter.parent.phase is Phase.RUNNING and rig.notifier.sent.count("READY=1") == 1
+    assert rig.arbiter.parent.state is ParentState.RUNNING and rig.notifier.sent.count("READY=1") == 1
     assert rig.notifier.status == "3/3 children consuming, 2 in flight"
     assert rig.observer.last_tick == {"alive": 3, "consuming": 3, "blocked": 0}
     assert [e for e in rig.observer.events if e[0] == "started"] == [("started", i, pids[i]) for i in (1, 2, 3)]
@@ -71,11 +71,11 @@ def test_too_many_restarts_within_the_window_gives_up_with_exit_5():
         rig.tick(1.0)
         rig.consume()
         rig.tick()
-    assert rig.arbiter.parent.phase is Phase.RUNNING
+    assert rig.arbiter.parent.state is ParentState.RUNNING
     survivor = rig.slots()[2]
     rig.os.exit(rig.slots()[1], exitcodes.FAILURE)
     rig.tick(1.0)
-    assert rig.arbiter.parent.phase is Phase.STOPPING and rig.arbiter.parent.stop_code == exitcodes.GAVE_UP
+    assert rig.arbiter.parent.state is ParentState.STOPPING and rig.arbiter.parent.stop_code == exitcodes.GAVE_UP
     assert rig.os.sent(TERM) == [survivor] and 1 not in rig.slots() and "STOPPING=1" in rig.notifier.sent
     assert not rig.arbiter.finished()
     rig.os.exit(survivor, exitcodes.OK)
@@ -190,7 +190,7 @@ def test_a_child_that_leaves_as_recycled_on_its_own_is_replaced_without_counting
         rig.tick()
         rig.consume()
         rig.tick()
-    assert rig.arbiter.parent.phase is Phase.RUNNING and len(rig.os.forks) == 4
+    assert rig.arbiter.parent.state is ParentState.RUNNING and len(rig.os.forks) == 4
     assert [e[2:] for e in rig.observer.exits()] == [("recycle", True)] * 3
 
 
@@ -199,7 +199,7 @@ def test_hup_replaces_children_one_at_a_time_and_says_ready_again():
     old = rig.started()
     rig.load = make_settings(worker_processes=2, prefetch_count=3)
     rig.signal(signal.SIGHUP)
-    assert rig.notifier.sent[-1] == "RELOADING=1" and rig.arbiter.parent.phase is Phase.RELOADING
+    assert rig.notifier.sent[-1] == "RELOADING=1" and rig.arbiter.parent.state is ParentState.RELOADING
     assert rig.arbiter.settings.prefetch_count == 3 and ("reload", 2) in rig.observer.events
     steps = []
     for _ in range(4):
@@ -208,7 +208,7 @@ def test_hup_replaces_children_one_at_a_time_and_says_ready_again():
         steps.append((len(rig.os.forks), sorted(rig.os.sent(TERM))))
     # a successor for slot 1; it consumes: slot 1's old child stops and slot 2 gets its successor; ...
     assert steps == [(3, []), (4, [old[1]]), (4, [old[1], old[2]]), (4, [old[1], old[2]])]
-    assert rig.arbiter.parent.phase is Phase.RUNNING and rig.notifier.sent.count("READY=1") == 2
+    assert rig.arbiter.parent.state is ParentState.RUNNING and rig.notifier.sent.count("READY=1") == 2
     for pid in old.values():
         rig.os.exit(pid, exitcodes.OK)
     rig.tick()
@@ -224,7 +224,7 @@ def test_hup_with_a_bad_config_keeps_the_children():
         rig.consume()
         rig.tick(1.0)
     assert rig.slots() == pids and rig.os.signals == [] and len(rig.os.forks) == 2
-    assert rig.arbiter.parent.phase is Phase.RUNNING and rig.arbiter.generation == 1
+    assert rig.arbiter.parent.state is ParentState.RUNNING and rig.arbiter.generation == 1
 
 
 def test_ttin_adds_a_slot_and_ttou_removes_the_highest_never_the_last():

@@ -9,7 +9,7 @@ from supervisor import heartbeat
 from supervisor.child import Pulse
 from supervisor.children import Children
 from supervisor.heartbeat import Beat
-from supervisor.states import ALLOWED, PARENT_ALLOWED, Child, Parent, Phase, State, change_state
+from supervisor.states import ALLOWED, PARENT_ALLOWED, Child, Parent, ParentState, State, change_state
 from tests.supervisor_fakes import FakeClock, FakeProcesses, make_settings
 from worker import exitcodes, lifecycle
 from worker.consumer import Status
@@ -86,19 +86,19 @@ def test_the_first_reason_sticks_but_a_kill_says_why_it_was_killed():
 
 
 PARENT_TRANSITIONS = {
-    (Phase.STARTING, Phase.RUNNING), (Phase.STARTING, Phase.STOPPING),
-    (Phase.RUNNING, Phase.RELOADING), (Phase.RUNNING, Phase.STOPPING),
-    (Phase.RELOADING, Phase.RUNNING), (Phase.RELOADING, Phase.RELOADING), (Phase.RELOADING, Phase.STOPPING),
+    (ParentState.STARTING, ParentState.RUNNING), (ParentState.STARTING, ParentState.STOPPING),
+    (ParentState.RUNNING, ParentState.RELOADING), (ParentState.RUNNING, ParentState.STOPPING),
+    (ParentState.RELOADING, ParentState.RUNNING), (ParentState.RELOADING, ParentState.RELOADING), (ParentState.RELOADING, ParentState.STOPPING),
 }
 
 
-@pytest.mark.parametrize("old,new", list(itertools.product(Phase, Phase)), ids=lambda p: p.value)
+@pytest.mark.parametrize("old,new", list(itertools.product(ParentState, ParentState)), ids=lambda p: p.value)
 def test_every_parent_transition_is_allowed_or_refused(old, new):
     assert {(o, n) for o, ns in PARENT_ALLOWED.items() for n in ns} == PARENT_TRANSITIONS
-    parent = Parent(phase=old)
+    parent = Parent(state=old)
     if (old, new) in PARENT_TRANSITIONS:
         parent.change(new)
-        assert parent.phase is new
+        assert parent.state is new
     else:
         with pytest.raises(RuntimeError, match="not allowed"):
             parent.change(new)
@@ -138,9 +138,11 @@ def test_a_heartbeat_phase_moves_a_child(before, phase, after):
 
 
 def test_capacity_counts_children_whose_heartbeat_says_consuming():
-    for state, phase, counted in [(S.RUNNING, lifecycle.CONSUMING, True), (S.RETIRING, lifecycle.CONSUMING, True),
-                                  (S.RETIRING, lifecycle.CONNECTING, False), (S.RECONNECTING, lifecycle.CONNECTING, False),
-                                  (S.BLOCKED, lifecycle.BLOCKED, False), (S.STOPPING, lifecycle.DRAINING, False)]:
+    for state, phase, counted in [
+        (S.RUNNING, lifecycle.CONSUMING, True), (S.RETIRING, lifecycle.CONSUMING, True),
+        (S.RETIRING, lifecycle.CONNECTING, False), (S.RECONNECTING, lifecycle.CONNECTING, False),
+        (S.BLOCKED, lifecycle.BLOCKED, False), (S.STOPPING, lifecycle.DRAINING, False),
+    ]:
         child = a_child(state)
         child.beat = Beat(phase, 0, 0, 1.0)
         assert child.consuming is counted, (state, phase)

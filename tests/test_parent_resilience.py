@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from supervisor.arbiter import LOOP_FAILURES
-from supervisor.states import Phase, State
+from supervisor.states import ParentState, State
 from tests.supervisor_fakes import KILL, TERM, Rig
 from worker import exitcodes, lifecycle
 from worker.settings import SettingsError, load
@@ -73,7 +73,7 @@ def test_a_failing_signal_handler_is_one_failing_turn():
     rig.arbiter.handle_ttin = boom
     rig.arbiter.guarded(rig.arbiter.dispatch, signal.SIGTTIN)
     rig.tick()
-    assert rig.slots() == {1: pid} and rig.arbiter.parent.phase is Phase.RUNNING and rig.os.signals == []
+    assert rig.slots() == {1: pid} and rig.arbiter.parent.state is ParentState.RUNNING and rig.os.signals == []
 
 
 def test_an_observer_that_fails_neither_stops_the_loop_nor_a_respawn():
@@ -97,7 +97,7 @@ def test_hup_with_any_bad_config_keeps_the_old_children_and_says_why(error, capl
         rig.consume()
         rig.tick(1.0)
     assert rig.slots() == pids and rig.os.signals == [] and len(rig.os.forks) == 2
-    assert rig.arbiter.parent.phase is Phase.RUNNING and rig.arbiter.generation == 1
+    assert rig.arbiter.parent.state is ParentState.RUNNING and rig.arbiter.generation == 1
     [failed] = [r for r in caplog.records if r.msg == "reload_failed"]
     assert "Invalid IPv6 URL" in failed.fields["error"] or type(error).__name__ in failed.fields["error"]
 
@@ -120,7 +120,7 @@ def test_a_failed_fork_backs_off_that_slot_and_the_others_start():
     rig.tick(2.0)
     rig.consume()
     rig.tick()
-    assert rig.arbiter.parent.phase is Phase.RUNNING and sorted(rig.slots()) == [1, 2]
+    assert rig.arbiter.parent.state is ParentState.RUNNING and sorted(rig.slots()) == [1, 2]
     assert [e for e in rig.observer.events if e[0] == "exited"] == []   # no process, nothing to fold
     assert rig.arbiter.children.current(1).failures == 0
 
@@ -194,7 +194,7 @@ def test_a_child_blocked_longer_than_its_limit_is_replaced_like_a_recycle():
     assert rig.os.signals == [(old, TERM)]
     rig.os.exit(old, exitcodes.OK)
     rig.tick()
-    assert rig.observer.exits() == [(1, old, "blocked", True)] and rig.arbiter.parent.phase is Phase.RUNNING
+    assert rig.observer.exits() == [(1, old, "blocked", True)] and rig.arbiter.parent.state is ParentState.RUNNING
 
 
 def test_the_blocked_limit_is_a_setting_of_its_own():
