@@ -1,7 +1,11 @@
-"""Everything the parent serves, built from the settings, and the few hooks that feed it from the arbiter.
+"""Everything the parent serves, built from the settings; an observer of the arbiter's loop.
 
-Import this module only after `metrics.multiprocess.prepare_directory()` (it imports prometheus_client).
+The CLI (worker/cli.py) builds it and hands it to `supervisor.service.serve`; this module knows
+nothing of the supervisor. Import it only after `metrics.multiprocess.prepare_directory()` (it
+imports prometheus_client).
 """
+
+from typing import Callable
 
 from metrics.multiprocess import MetricsDirectory
 from metrics.parent import ParentMetrics
@@ -12,22 +16,39 @@ from worker.settings import Settings, SettingsError
 
 log = EventLog(__name__)
 
-PLANNED_RESTARTS = ("recycle", "reload")   # replacements the arbiter does not count against its limit
+
+class ReadyProbes(Probes):
+    """Probes whose /readyz body also counts the blocked children (not ready capacity: a blocked child
+    cannot publish its answers). To fold into metrics/probes.py, which the lead owns."""
+
+    def __init__(self, *args, blocked: Callable[[], int] = lambda: 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.blocked = blocked
+
+    def readiness(self) -> tuple[bool, dict]:
+        ok, body = super().readiness()
+        try:
+            body["blocked"] = int(self.blocked())
+        except Exception:  # like Probes: a broken callable is not worth a failed probe
+            body["blocked"] = None
+        return ok, body
 
 
 class Endpoint:
-    """Parent metrics, probes and the HTTP server. The arbiter's loop calls `tick`, `child_started`,
-    `child_exited` and `reload`; the HTTP thread only reads what they stored."""
+    """Parent metrics, probes and the HTTP server. The arbiter's loop calls `start`, `tick`,
+    `child_started`, `child_exited`, `reload` and `stop`; the HTTP thread only reads what they stored."""
 
     def __init__(self, settings: Settings, directory: MetricsDirectory,
                  checks: dict[str, Check] | None = None, poll_interval: float = 5.0):
         self.settings = settings
         self.directory = directory
         self.alive = 0            # child processes; written by the loop, read by the HTTP thread
-        self.consuming = 0
-        self.parent = ParentMetrics(settings, directory, poll_interval, consuming=lambda: self.consuming)
-        self.probes = Probes(lambda: self.alive, lambda: self.consuming,
-                             service_checks(settings) if checks is None else checks)
+        self.consuming = 0        # capacity: children whose heartbeat says consuming (blocked ones are not)
+        self.blocked = 0          # children whose broker connection is blocked
+        self.parent = ParentMetrics(settings, directory, poll_interval, consuming=lambda: self.consuming,
+                                    blocked=lambda: self.blocked)
+        self.probes = ReadyProbes(lambda: self.alive, lambda: self.consuming,
+                                  service_checks(settings) if checks is None else checks, blocked=lambda: self.blocked)
         self.server: MetricsServer | None = None
         if settings.metrics_port:
             registry = build_registry(directory, self.parent)
@@ -49,48 +70,19 @@ class Endpoint:
         self.parent.stop()
         self.directory.remove()
 
-    def tick(self, alive: int, consuming: int) -> None:
-        """Once per turn of the loop: the loop is alive, and this many children are alive / consuming."""
-        self.alive, self.consuming = alive, consuming
+    def tick(self, alive: int, consuming: int, blocked: int = 0) -> None:
+        """Once per turn of the loop: the loop is alive, and this many children are alive / consuming / blocked."""
+        self.alive, self.consuming, self.blocked = alive, consuming, blocked
         self.probes.heartbeat()
 
     def child_started(self, index: int, pid: int) -> None:
         self.parent.child_started(index, pid)
 
     def child_exited(self, index: int, pid: int, reason: str, restart: bool) -> None:
-        """Right after waitpid, before the next fork: folds the child's metric files, counts the restart."""
+        """Right after waitpid, before the next fork: folds the child's metric files; `restart`: count it
+        under `reason` (a worker.lifecycle reason) in report_worker_child_restarts_total."""
         self.parent.child_exited(index, pid, reason, restart)
 
     def reload(self, settings: Settings) -> None:
         self.settings = settings
         self.parent.reload(settings)
-
-
-def attach(arbiter, directory: MetricsDirectory, checks: dict[str, Check] | None = None) -> Endpoint:
-    """Build an Endpoint for `arbiter` (supervisor.arbiter.Arbiter) and hook it into its loop.
-
-    Uses only the arbiter's extension points: `tick_steps`, `on_spawn(child)`, `on_exit(child, counted)`,
-    `on_reload(settings)`, and a child's `index`, `pid`, `state` and `reason`.
-    """
-    from supervisor.states import State
-
-    endpoint = Endpoint(arbiter.settings, directory, checks)
-    live: dict[int, object] = {}          # pid -> Child, between on_spawn and on_exit
-
-    def tick() -> None:
-        endpoint.tick(len(live), sum(1 for c in live.values() if c.state is State.RUNNING))
-
-    def spawned(child) -> None:
-        live[child.pid] = child
-        endpoint.child_started(child.index, child.pid)
-
-    def exited(child, counted: bool) -> None:
-        live.pop(child.pid, None)
-        endpoint.child_exited(child.index, child.pid, child.reason or "unknown",
-                              restart=counted or child.reason in PLANNED_RESTARTS)
-
-    arbiter.tick_steps.append(tick)
-    arbiter.on_spawn.append(spawned)
-    arbiter.on_exit.append(exited)
-    arbiter.on_reload.append(endpoint.reload)
-    return endpoint

@@ -4,14 +4,18 @@ Kept in memory and exposed by a custom collector, never in the multiprocess dire
 is one process, and its gauges would otherwise carry a pid label or outlive it.
 """
 
+import os
 import threading
-from typing import Callable
+import weakref
 from importlib import metadata
+from typing import Callable
 
+import pika
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from metrics.queues import QueuePoller
+from worker.broker import connection_parameters
 from worker.settings import Settings
 
 PREFIX = "report_worker_"
@@ -26,6 +30,7 @@ NAMES = (
     "report_worker_queue_messages",
     "report_worker_queue_consumers",
     "report_worker_queue_poll_age_seconds",
+    "report_worker_broker_blocked",
     "report_worker_build_info",
 )
 
@@ -47,11 +52,14 @@ class ParentMetrics:
     """
 
     def __init__(self, settings: Settings, directory=None, poll_interval: float = 5.0, poller=None,
-                 consuming: Callable[[], int] | None = None):
+                 consuming: Callable[[], int] | None = None, blocked: Callable[[], int] | None = None):
         self.settings = settings
         self.directory = directory            # a MetricsDirectory: child_exited folds the child's files
-        self.poller = poller or QueuePoller(settings, poll_interval)
+        self.poller = poller or QueuePoller(settings, poll_interval, connect=self._connect)
         self.consuming = consuming            # children consuming now (for capacity); default: all live ones
+        self.blocked = blocked                # children whose broker connection is blocked now
+        self._connections: "weakref.WeakSet[pika.BlockingConnection]" = weakref.WeakSet()
+        _instances.add(self)
         self.version = version()
         self._lock = threading.Lock()
         self._index: dict[int, int] = {}          # pid -> worker index, live children
@@ -82,7 +90,7 @@ class ParentMetrics:
     def child_exited(self, index: int, pid: int, reason: str, restart: bool = True) -> None:
         """A reaped child; call right after waitpid and before forking again (a new child may reuse the pid).
 
-        `reason` is a small fixed word (exitcodes.describe(code), "hung", "recycle", ...); `restart`
+        `reason` is a worker.lifecycle reason ("crash", "signal_9", "hung", "recycle", ...); `restart`
         is False when the parent is stopping or shrinking, so the exit is not counted as a restart.
         """
         if self.directory is not None:
@@ -99,14 +107,9 @@ class ParentMetrics:
         self._rss.pop(pid, None)
         self._cpu_before[index] = self._cpu_before.get(index, 0.0) + self._cpu.pop(pid, 0.0)
 
-    def sample_children(self, children: dict[int, int] | None = None) -> None:
-        """Read RSS and CPU of the live children; `children` ({index: pid}) replaces what we know."""
+    def sample_children(self) -> None:
+        """Read RSS and CPU of the live children."""
         with self._lock:
-            if children is not None:
-                wanted = {pid: index for index, pid in children.items()}
-                for pid in set(self._index) - set(wanted):
-                    self._forget(pid, self._index[pid])
-                self._index.update(wanted)
             live = dict(self._index)
         for pid in live:
             self._sample(pid)
@@ -125,6 +128,23 @@ class ParentMetrics:
                 self._procs[pid] = proc
                 self._rss[pid] = float(rss)
                 self._cpu[pid] = max(self._cpu.get(pid, 0.0), times.user + times.system)
+
+    # -- fork hygiene: the poller's connection stays with the parent ----------------------------
+
+    def _connect(self, settings: Settings) -> pika.BlockingConnection:
+        """The queue poller's connection, remembered so that a forked child can close its copy."""
+        connection = pika.BlockingConnection(connection_parameters(settings, "metrics"))
+        self._connections.add(connection)
+        return connection
+
+    def close_in_child(self) -> None:
+        """In a forked child: close our copy of the poller's socket to the broker (nothing is sent, so
+        the parent's connection lives on; the poller thread does not exist here)."""
+        for connection in list(self._connections):
+            sock = getattr(getattr(getattr(connection, "_impl", None), "_transport", None), "_sock", None)
+            if sock is not None:  # pika keeps the socket at connection._impl._transport._sock (1.3, 1.4)
+                sock.close()
+        self._connections = weakref.WeakSet()
 
     # -- called by the registry on each scrape -----------------------------------------------
 
@@ -160,6 +180,9 @@ class ParentMetrics:
             family.add_metric([str(index)], value)
         yield family
         yield from self._queue_families()
+        yield GaugeMetricFamily(PREFIX + "broker_blocked",
+                                "Children whose RabbitMQ connection is blocked now (memory or disk alarm).",
+                                value=0 if self.blocked is None else _count(self.blocked))
         family = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the version is the label.", labels=["version"])
         family.add_metric([self.version], 1)
         yield family
@@ -187,3 +210,14 @@ def _count(callable_: Callable[[], int]) -> int:
         return int(callable_())
     except Exception:  # the arbiter's answer is not worth a failed scrape
         return 0
+
+
+_instances: "weakref.WeakSet[ParentMetrics]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance.close_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,4 +1,4 @@
-"""What runs in a forked child: fork hygiene, then the consumer of `report-worker consume`, heartbeat-checked."""
+"""What runs in a forked child: fork hygiene, then the child body the CLI gave us, heartbeat-checked."""
 
 import ctypes
 import dataclasses
@@ -7,13 +7,13 @@ import random
 import sys
 import threading
 import time
+from typing import Callable, Protocol
 
 import psutil
 
 from supervisor import heartbeat
 from supervisor.signals import reset_in_child
-from worker import exitcodes, logs, service
-from worker.consumer import Consumer
+from worker import exitcodes, lifecycle, logs
 from worker.logs import EventLog
 from worker.settings import Settings
 
@@ -23,7 +23,22 @@ PR_SET_PDEATHSIG = 1
 TEST_HANG_ENV = "REPORT_WORKER_TEST_HANG_AFTER"  # test-only: the child's I/O loop blocks after this many seconds
 
 
-def main(index: int, settings: Settings, beat_path: str, parent_pid: int, hang_after: float | None) -> None:
+class Consumer(Protocol):
+    """All a child's supervisor may use of the consumer (worker.consumer.Consumer)."""
+
+    def status(self):  # -> worker.consumer.Status: phase, settled, inflight
+        ...
+
+    def stop(self, code: int = exitcodes.OK) -> None:
+        ...
+
+
+OnTick = Callable[[Consumer], None]
+RunChild = Callable[[Settings, OnTick], int]   # the child's body: consume until stopped, return an exit code
+
+
+def main(index: int, settings: Settings, beat_path: str, parent_pid: int, run_child: RunChild,
+         hang_after: float | None) -> None:
     """The whole life of a child; it never returns into the parent's code."""
     code = exitcodes.FAILURE
     try:
@@ -32,8 +47,7 @@ def main(index: int, settings: Settings, beat_path: str, parent_pid: int, hang_a
         logs.configure(settings.log_level, worker=settings.name, index=index)
         die_with_parent(parent_pid)
         pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid, hang_after)
-        from metrics.events import PrometheusEvents  # TEMPORARY: the CLI will inject the child body
-        code = service.run(settings, pulse, PrometheusEvents())
+        code = run_child(settings, pulse)
         if pulse.recycle and code == exitcodes.OK:
             code = exitcodes.RECYCLE  # the parent's SIGTERM arrived after our last tick
     except BaseException:
@@ -57,9 +71,15 @@ def die_with_parent(parent_pid: int) -> None:
 
 
 class Pulse:
-    """Called from the consumer's I/O loop every tick: beat the heartbeat, decide to recycle, watch the parent."""
+    """`on_tick`: called on the consumer's I/O thread every tick and while it waits to reconnect.
 
-    def __init__(self, settings: Settings, writer: heartbeat.Writer, parent_pid: int, hang_after: float | None):
+    Beats the heartbeat, decides to ask for a recycle, watches the parent. Uses only the consumer's
+    `status()` and `stop(code)`.
+    """
+
+    def __init__(self, settings: Settings, writer: heartbeat.Writer, parent_pid: int, hang_after: float | None,
+                 clock: Callable[[], float] = time.monotonic, rss: Callable[[], int] | None = None,
+                 parent: Callable[[], int] = os.getppid):
         self.writer = writer
         self.parent_pid = parent_pid
         self.max_tasks = settings.max_tasks_per_child + random.randint(0, settings.max_tasks_jitter)
@@ -67,44 +87,41 @@ class Pulse:
             self.max_tasks = 0
         self.max_rss = settings.max_memory_per_child * 1024 * 1024
         self.patience = settings.worker_timeout  # how long a recycle request waits for the parent's SIGTERM
-        self.process = psutil.Process()
+        self.clock, self.parent = clock, parent
+        self.rss = rss or (lambda process=psutil.Process(): process.memory_info().rss)
         self.checked_at_settled = 0
-        self.recycle = ""
+        self.recycle = ""         # "tasks" or "memory" once asked
         self.recycle_deadline = 0.0
-        self.hang_at = time.monotonic() + hang_after if hang_after else 0.0
+        self.hang_at = self.clock() + hang_after if hang_after else 0.0
 
     def __call__(self, consumer: Consumer) -> None:
-        now = time.monotonic()
-        if os.getppid() != self.parent_pid and not consumer.stopping:
+        now = self.clock()
+        status = consumer.status()
+        leaving = status.phase == lifecycle.DRAINING
+        if self.parent() != self.parent_pid and not leaving:
             log.warning("parent_gone")
             consumer.stop()
-        if not self.recycle and not consumer.stopping:
-            self.recycle = self.due_for_recycle(consumer)
+        if not self.recycle and not leaving:
+            self.recycle = self.due_for_recycle(status.settled)
             if self.recycle:
                 self.recycle_deadline = now + self.patience
-                log.info("recycle_requested", reason=self.recycle, settled=consumer.settled,
-                         rss_mb=round(self.process.memory_info().rss / 2**20, 1))
-        elif self.recycle and (consumer.stopping or now > self.recycle_deadline):
+                log.info("recycle_requested", reason=self.recycle, settled=status.settled,
+                         rss_mb=round(self.rss() / 2**20, 1))
+        elif self.recycle and (leaving or now > self.recycle_deadline):
             consumer.stop(exitcodes.RECYCLE)  # the parent's SIGTERM came (or never will): leave as recycled
-        self.writer.beat(self.phase(consumer), consumer.settled, len(consumer.pending), now)
+        request = lifecycle.RECYCLE if self.recycle else ""
+        self.writer.write(heartbeat.Beat(status.phase, status.settled, status.inflight, now, request))
         if self.hang_at and now > self.hang_at:
             log.warning("test_hang", hook=TEST_HANG_ENV)
             threading.Event().wait()  # test-only: block the I/O loop for good
 
-    def phase(self, consumer: Consumer) -> str:
-        if consumer.draining or consumer.stopping:
-            return heartbeat.DRAINING
-        if consumer.channel is None:
-            return heartbeat.CONNECTING
-        return heartbeat.RECYCLE if self.recycle else heartbeat.READY
-
-    def due_for_recycle(self, consumer: Consumer) -> str:
+    def due_for_recycle(self, settled: int) -> str:
         """"tasks" or "memory" once a limit is reached, checked only after a task settled."""
-        if consumer.settled == self.checked_at_settled:
+        if settled == self.checked_at_settled:
             return ""
-        self.checked_at_settled = consumer.settled
-        if self.max_tasks and consumer.settled >= self.max_tasks:
+        self.checked_at_settled = settled
+        if self.max_tasks and settled >= self.max_tasks:
             return "tasks"
-        if self.max_rss and self.process.memory_info().rss > self.max_rss:
+        if self.max_rss and self.rss() > self.max_rss:
             return "memory"
         return ""

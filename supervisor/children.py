@@ -1,116 +1,184 @@
-"""The parent's table of children (worker slots and the ones leaving) and the verbs on one process."""
+"""The parent's table of children, and every transition of a child: the only code that changes either.
 
-import gc
-import os
+A slot (worker index 1..N) holds its current child: STARTING, UP, KILLED (hung, not reaped yet) or
+BACKOFF (no process). A child that left its slot (RETIRING, STOPPING, or KILLED from those) is
+"leaving": its successor has the slot, or the slot is gone, and its exit is planned.
+"""
+
 import signal
-import sys
-import time
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Callable, Iterator
 
-from supervisor import child as child_process
 from supervisor import heartbeat
-from supervisor.signals import blocked
-from supervisor.states import Child, State, change_state
+from supervisor.processes import Processes
+from supervisor.restarts import backoff_delay
+from supervisor.states import FOLLOWS, UP, Child, State, change_state
+from worker import lifecycle
 from worker.logs import EventLog
 from worker.settings import Settings
 
 log = EventLog(__name__)
 
 
+@dataclass(frozen=True)
+class Census:
+    """What the children's heartbeats add up to, for systemd's STATUS= and the observers."""
+
+    alive: int              # child processes
+    consuming: int          # capacity: their heartbeat says consuming (a retiring one included)
+    blocked: int            # their broker connection is blocked
+    inflight: int
+    slots_consuming: int    # slots whose current child consumes
+
+    def status(self, wanted: int, stopping: bool) -> str:
+        if stopping:
+            return f"stopping: {self.alive} children left, {self.inflight} in flight"
+        blocked = f", {self.blocked} blocked" if self.blocked else ""
+        return f"{self.slots_consuming}/{wanted} children consuming, {self.inflight} in flight{blocked}"
+
+
 class Children:
-    """`slots` maps a worker index to its current child (or that slot's BACKOFF record); `leaving`
-    holds children replaced or told to stop that have not been reaped yet."""
+    def __init__(self, processes: Processes, clock: Callable[[], float]):
+        self.processes = processes
+        self.clock = clock
+        self._slots: dict[int, Child] = {}
+        self._leaving: list[Child] = []
 
-    def __init__(self, hang_after: float | None = None):
-        self.slots: dict[int, Child] = {}
-        self.leaving: list[Child] = []
-        self.heartbeats = heartbeat.Directory()
-        self.parent_pid = os.getpid()
-        self.hang_after = hang_after  # test-only, see child.TEST_HANG_ENV
+    # ---- reading the table --------------------------------------------------------------------
 
-    def processes(self) -> list[Child]:
+    def __iter__(self) -> Iterator[Child]:
+        """Every record: slots in index order, then the leaving ones."""
+        yield from self.slotted()
+        yield from list(self._leaving)
+
+    def slotted(self) -> list[Child]:
+        return [self._slots[i] for i in sorted(self._slots)]
+
+    def current(self, index: int) -> Child | None:
+        return self._slots.get(index)
+
+    def leaving(self) -> list[Child]:
+        return list(self._leaving)
+
+    def alive(self) -> list[Child]:
         """Every child that has a process: in slots, and leaving."""
-        return [c for c in (*self.slots.values(), *self.leaving) if c.alive]
+        return [c for c in self if c.alive]
 
-    def fork(self, index: int, generation: int, settings: Settings, failures: int = 0) -> Child:
-        """Start a child in slot `index`; it opens its own clients after the fork (service.run does)."""
-        now = time.monotonic()
-        child = Child(index, generation, self.heartbeats.create(now), started_at=now, since=now,
-                      failures=failures, beat_at=now)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        gc.freeze()  # the child's collector leaves the parent's objects alone: fewer copy-on-write pages
+    def in_slot(self, child: Child) -> bool:
+        return self._slots.get(child.index) is child
+
+    def indexes(self) -> list[int]:
+        return sorted(self._slots)
+
+    def census(self) -> Census:
+        live = self.alive()
+        return Census(alive=len(live), consuming=sum(c.consuming for c in live),
+                      blocked=sum(c.state is State.BLOCKED for c in live),
+                      inflight=sum(c.beat.inflight for c in live),
+                      slots_consuming=sum(c.consuming for c in self.slotted()))
+
+    # ---- what the operating system tells -----------------------------------------------------
+
+    def reap(self) -> Iterator[tuple[Child, int]]:
+        """Every child of ours that exited since the last call, with its exit code (negative: the signal)."""
+        for pid, code in self.processes.reap():
+            child = next((c for c in self.alive() if c.pid == pid), None)
+            if child is not None:
+                self.processes.forget(child.heartbeat)
+                yield child, code
+
+    def read_heartbeats(self) -> Iterator[Child]:
+        """Update every child from its heartbeat file; yields the ones that consume for the first time."""
+        now = self.clock()
+        for child in self.alive():
+            beat = self.processes.read(child.heartbeat)
+            if beat is not None and self.observe(child, beat, now):
+                yield child
+
+    # ---- transitions --------------------------------------------------------------------------
+
+    def spawn(self, index: int, generation: int, settings: Settings, failures: int = 0) -> Child:
+        """A new child in slot `index` (STARTING); the slot's previous child must have left or ended.
+        If fork() fails (EAGAIN at TasksMax, say), the slot backs off like after a failed start."""
+        previous = self._slots.get(index)
+        if previous is not None:
+            raise RuntimeError(f"slot {index} still holds pid {previous.pid} ({previous.state.value})")
+        now = self.clock()
+        child = Child(index, generation, "", started_at=now, beat=heartbeat.first(now), failures=failures)
+        self._slots[index] = child
         try:
-            with blocked():
-                pid = os.fork()
-                if pid == 0:
-                    child_process.main(index, settings, child.heartbeat, self.parent_pid, self.hang_after)
-        finally:
-            gc.unfreeze()  # the parent keeps collecting its own garbage
-        child.pid = pid
+            child.pid, child.heartbeat = self.processes.spawn(index, settings, now)
+        except OSError as exc:
+            log.error("fork_failed", index=index, error=f"{type(exc).__name__}: {exc}")
+            self.back_off(child, lifecycle.FORK_FAILED)
+            return child
         log.info("child_spawned", **child.describe(), generation=generation)
         return child
 
-    def read_heartbeats(self) -> Iterator[Child]:
-        """Update every child from its heartbeat file; yields the STARTING ones that now consume."""
-        for child in self.processes():
-            beat = heartbeat.read(child.heartbeat)
-            if beat is None:
-                continue
-            child.beat_at, child.settled, child.inflight = beat.at, beat.settled, beat.inflight
-            child.wants_recycle = beat.phase == heartbeat.RECYCLE
-            if child.state is State.STARTING and beat.phase in (heartbeat.READY, heartbeat.RECYCLE):
-                change_state(child, State.RUNNING)
-                yield child
+    def observe(self, child: Child, beat: heartbeat.Beat, now: float) -> bool:
+        """The heartbeat is all the parent knows of a child: its phase moves a STARTING or UP child.
+        True when the child consumes for the first time (its start succeeded)."""
+        child.beat = beat
+        new = FOLLOWS.get(beat.phase)
+        if new is None or new is child.state or child.state not in (State.STARTING, *UP):
+            return False
+        if child.state is State.STARTING and new is State.RECONNECTING:
+            return False  # connecting for the first time is part of starting
+        change_state(child, new, now)
+        if child.ready_at:
+            return False
+        child.ready_at, child.failures = now, 0
+        log.info("child_ready", **child.describe(), seconds=round(now - child.started_at, 3))
+        return True
 
-    def reap(self) -> Iterator[tuple[Child, int]]:
-        """Every child that exited since the last call, with its exit code (negative: the signal)."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = next((c for c in self.processes() if c.pid == pid), None)
-            if child is not None:
-                child.exit_code = os.waitstatus_to_exitcode(status)
-                self.heartbeats.remove(child.heartbeat)
-                if child in self.leaving:
-                    self.leaving.remove(child)
-                yield child, child.exit_code
+    def retire(self, child: Child, reason: str) -> None:
+        """UP -> RETIRING: it leaves its slot to a successor and consumes until the successor does."""
+        change_state(child, State.RETIRING, self.clock(), reason)
+        self._leave_slot(child)
 
     def stop(self, child: Child, reason: str, grace: float) -> None:
-        """SIGTERM: the child stops consuming and drains; after `grace` seconds it is killed."""
-        if child not in self.leaving:
-            self.leaving.append(child)
-        if child.state is State.STOPPING:
+        """SIGTERM: it stops consuming and drains; `grace` seconds later it is killed. Leaves its slot."""
+        self._leave_slot(child)
+        if child.state in (State.STOPPING, State.KILLED):
             return
-        child.reason = child.reason or reason
-        change_state(child, State.STOPPING)
-        child.stop_deadline = time.monotonic() + grace
+        now = self.clock()
+        change_state(child, State.STOPPING, now, reason)
+        child.deadline = now + grace
         log.info("child_stopping", **child.describe(), reason=child.reason)
-        self.send(child, signal.SIGTERM)
+        self.processes.send(child.pid, signal.SIGTERM)
 
     def kill(self, child: Child, reason: str) -> None:
-        log.warning("child_killed", **child.describe(), reason=reason,
-                    silent_seconds=round(time.monotonic() - child.beat_at, 3))
-        child.reason, child.killed = reason, True
-        self.send(child, signal.SIGKILL)
+        """SIGKILL; it stays where it is (in its slot, or leaving) until reaped."""
+        if child.state is State.KILLED:
+            return
+        now = self.clock()
+        log.warning("child_killed", **child.describe(), reason=reason, silent_seconds=round(now - child.beat.at, 3))
+        change_state(child, State.KILLED, now, reason)
+        self.processes.send(child.pid, signal.SIGKILL)
 
-    @staticmethod
-    def send(child: Child, signum: int) -> None:
-        try:
-            os.kill(child.pid, signum)
-        except ProcessLookupError:
-            pass  # already gone; reaped on the next turn
+    def back_off(self, child: Child, reason: str) -> None:
+        """A child that died before it consumed: its record waits in the slot, longer after each failure."""
+        now = self.clock()
+        child.failures += 1
+        delay = backoff_delay(child.failures)
+        change_state(child, State.BACKOFF, now, reason)
+        child.deadline = now + delay
+        log.warning("child_backoff", **child.describe(), failures=child.failures, retry_in=round(delay, 3))
 
-    def close(self) -> None:
-        """On the way out: nothing should be left, but never leave an orphan consuming."""
-        for child in self.processes():
-            self.send(child, signal.SIGKILL)
-            try:
-                os.waitpid(child.pid, 0)
-            except ChildProcessError:
-                pass
-        self.heartbeats.close()
+    def end(self, child: Child, reason: str = "") -> None:
+        """A reaped child, or a slot's backoff that is over (EXITED): forget the record."""
+        change_state(child, State.EXITED, self.clock(), reason)
+        if self.in_slot(child):
+            del self._slots[child.index]
+        if child in self._leaving:
+            self._leaving.remove(child)
+
+    def _leave_slot(self, child: Child) -> None:
+        if self.in_slot(child):
+            del self._slots[child.index]
+        if child not in self._leaving:
+            self._leaving.append(child)
+
+    def close(self, grace: float) -> None:
+        """On the parent's way out: drain, then SIGKILL, whatever is left (nothing, normally)."""
+        self.processes.close([c.pid for c in self.alive()], grace)

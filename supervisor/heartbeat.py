@@ -1,8 +1,9 @@
-"""The heartbeat file each child's I/O loop rewrites and the parent reads: phase, counts, a monotonic time.
+"""The heartbeat file each child's I/O loop rewrites and the parent reads: phase, counts, a time, a request.
 
 One small fixed-width line rewritten in place (`pwrite`), so a reader never sees a half-empty file.
 `time.monotonic()` is the system-wide CLOCK_MONOTONIC on Linux, so the parent can compare the
-child's timestamp with its own clock; wall-clock jumps do not make a child look hung.
+child's timestamp with its own clock; wall-clock jumps do not make a child look hung. Phases and the
+request are `worker.lifecycle` words.
 """
 
 import os
@@ -10,21 +11,28 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-WIDTH = 64
+from worker import lifecycle
 
-STARTING = "starting"       # forked, connecting to MongoDB
-CONNECTING = "connecting"   # waiting for RabbitMQ (at start or after a lost connection)
-READY = "ready"             # consuming
-RECYCLE = "recycle"         # consuming, but asks the parent for a successor
-DRAINING = "draining"       # stopped consuming, finishing in-flight work
+WIDTH = 64
+NO_REQUEST = "-"
 
 
 @dataclass(frozen=True)
 class Beat:
-    phase: str
+    phase: str          # lifecycle.STARTING, CONNECTING, CONSUMING, BLOCKED or DRAINING
     settled: int
     inflight: int
-    at: float  # the child's time.monotonic()
+    at: float           # the child's time.monotonic()
+    request: str = ""   # "" or lifecycle.RECYCLE: the child asks for a successor
+
+    def line(self) -> bytes:
+        text = f"{self.phase} {self.settled} {self.inflight} {self.at:.3f} {self.request or NO_REQUEST}"
+        return (text.ljust(WIDTH - 1) + "\n").encode()
+
+
+def first(at: float) -> Beat:
+    """What the parent writes before the fork: starting, at `at`."""
+    return Beat(lifecycle.STARTING, 0, 0, at)
 
 
 class Writer:
@@ -33,17 +41,16 @@ class Writer:
     def __init__(self, path: str):
         self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
 
-    def beat(self, phase: str, settled: int, inflight: int, at: float) -> None:
-        line = f"{phase} {settled} {inflight} {at:.3f}".ljust(WIDTH - 1) + "\n"
-        os.pwrite(self.fd, line.encode(), 0)
+    def write(self, beat: Beat) -> None:
+        os.pwrite(self.fd, beat.line(), 0)
 
 
 def read(path: str) -> Beat | None:
     """The last beat, or None when the file is missing or not written yet."""
     try:
         with open(path, "rb") as handle:
-            phase, settled, inflight, at = handle.read(WIDTH).decode().split()
-        return Beat(phase, int(settled), int(inflight), float(at))
+            phase, settled, inflight, at, request = handle.read(WIDTH).decode().split()
+        return Beat(phase, int(settled), int(inflight), float(at), "" if request == NO_REQUEST else request)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
 
@@ -56,12 +63,12 @@ class Directory:
         self.path = tempfile.mkdtemp(prefix="report-worker-", dir=base)
         self.serial = 0
 
-    def create(self, at: float) -> str:
-        """A new file whose first beat says STARTING at `at`; the child opens it after the fork."""
+    def create(self, beat: Beat) -> str:
+        """A new file holding `beat`; the child opens it after the fork."""
         self.serial += 1
         path = os.path.join(self.path, f"child-{self.serial}")
         with open(path, "wb") as handle:
-            handle.write(f"{STARTING} 0 0 {at:.3f}".ljust(WIDTH - 1).encode() + b"\n")
+            handle.write(beat.line())
         return path
 
     @staticmethod

@@ -16,7 +16,7 @@ class RestartLimit:
         self.times: collections.deque[float] = collections.deque()
         self.streak = 0
 
-    def allow(self, now: float, failed_start: bool) -> bool:
+    def allow(self, now: float, failed_start: bool = False) -> bool:
         """Count one restart; False means the restart rate is too high."""
         self.times.append(now)
         while self.times and self.times[0] < now - self.window:

@@ -395,3 +395,67 @@ def test_measure_rss_of_parent_and_children(supervisor, broker, db, llm, threads
     print(f"\nFIGURE threads={threads} parent_rss_mb={parent_mb:.1f} child_rss_mb={[round(m, 1) for m in child_mb]} "
           f"child_uss_mb={[round(m, 1) for m in child_uss_mb]} child_threads={child_threads}")
     assert parent_mb < 200 and all(m < 400 for m in child_mb)
+
+
+# -- the parent never takes healthy children down with it (what only processes can show) ----------
+
+
+@pytest.mark.timeout(60)
+def test_hup_with_an_unparsable_rabbitmq_url_keeps_the_children(supervisor, broker, names, env, tmp_path):
+    config = tmp_path / "worker.toml"
+    config.write_text('RABBITMQ_URL = "amqp://127.0.0.1:5672/%2F"\n')     # no password: allowed in a file
+    del env["RABBITMQ_URL"]
+    parent = supervisor("--processes", "2", "--config", str(config))
+    before = parent.wait_children(2)
+    config.write_text('RABBITMQ_URL = "amqp://[broker"\n')
+    parent.signal(signal.SIGHUP)
+    [failed] = parent.wait_event("reload_failed")
+    assert "RABBITMQ_URL" in failed["error"] and "not a valid URL" in failed["error"]
+    assert parent.proc.poll() is None and not parent.events("arbiter_loop_failed")
+    assert parent.ready_children() == before and not parent.events("child_replacing")
+    assert broker.consumers(names["RABBITMQ_REQUEST_QUEUE"]) == 2
+
+
+@pytest.mark.timeout(30)
+def test_an_unparsable_rabbitmq_url_at_start_is_a_configuration_error(supervisor):
+    parent = supervisor("--processes", "1", wait_ready=False, RABBITMQ_URL="amqp://[broker")
+    assert parent.wait(20) == exitcodes.CONFIG
+    assert "configuration error: RABBITMQ_URL is not a valid URL" in parent.output()
+
+
+# -- the parent's sockets stay with the parent (what only processes can show) ----------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_flooded_metrics_port_still_answers_and_children_keep_none_of_its_sockets(supervisor, broker):
+    import urllib.request
+
+    from tests.services import free_port
+
+    port = free_port()
+    parent = supervisor("--processes", "1", METRICS_PORT=str(port))
+    first = parent.wait_children(1)[1]
+    url = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(url + "/readyz", timeout=10) as answer:
+        assert answer.status == 200
+    threads = psutil.Process(parent.pid).num_threads()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]
+    try:
+        started = time.monotonic()
+        for path in ("/healthz", "/metrics", "/readyz", "/healthz"):
+            with urllib.request.urlopen(url + path, timeout=10) as answer:
+                assert answer.status == 200
+        answered = time.monotonic() - started
+        flooded_threads = psutil.Process(parent.pid).num_threads()
+        print(f"\nFIGURE flooded_metrics answered_seconds={answered:.3f} threads={threads}->{flooded_threads}")
+        assert answered < 5 and flooded_threads <= threads + 4
+        os.kill(first, signal.SIGKILL)                          # a child forked while 200 connections are open
+        second = wait_for(lambda: (c := parent.ready_children()) and c.get(1) != first and c.get(1), 20)
+        ours = psutil.Process(parent.pid).net_connections("tcp")
+        poller = {c.laddr for c in ours if c.raddr and c.raddr.port == 5672}
+        theirs = psutil.Process(second).net_connections("tcp")
+        assert not [c for c in theirs if c.laddr.port == port or (c.raddr and c.raddr.port == port)]
+        assert poller and not [c for c in theirs if c.laddr in poller]
+    finally:
+        for sock in idle:
+            sock.close()

@@ -36,12 +36,20 @@ def cmd_consume(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """The composition root of `run`: the supervisor, the children's body and the metrics endpoint meet here."""
     from metrics.multiprocess import prepare_directory
 
     directory = prepare_directory()  # before anything imports prometheus_client: children inherit the mode
-    from supervisor import arbiter
+    from metrics.endpoint import Endpoint
+    from metrics.events import PrometheusEvents
+    from supervisor import service as supervisor
+    from worker import service
 
-    return arbiter.serve(lambda: _settings(args), directory)  # HUP calls it again: same --config, same flags
+    return supervisor.serve(
+        lambda: _settings(args),                                   # HUP calls it again: same --config, same flags
+        run_child=lambda settings, on_tick: service.run(settings, on_tick, PrometheusEvents()),
+        observer=lambda settings: Endpoint(settings, directory),
+    )
 
 
 def cmd_submit(args) -> int:

@@ -9,7 +9,7 @@ from typing import Callable
 import pika
 from pika.exceptions import AMQPError, ChannelClosed, ConsumerCancelled
 
-from worker import exitcodes, frames
+from worker import exitcodes, frames, lifecycle
 from worker.broker import Backoff, connection_parameters, describe_error
 from worker.delivery import Delivery, Settlement
 from worker.events import NO_EVENTS, Events
@@ -23,6 +23,8 @@ log = EventLog(__name__)
 
 TICK_SECONDS = 0.5
 BLOCKED_AFTER = 1.0   # a confirm awaited this long (or a connection.blocked from the broker): phase "blocked"
+
+
 @dataclass(frozen=True)
 class Status:
     """What the supervisor may know of a consumer: its phase, counts, and when its I/O loop last turned."""
@@ -75,15 +77,15 @@ class Consumer:
         """Safe from any thread: it reads plain attributes the I/O thread writes."""
         waiting = self.settler.waiting_since
         if self.draining or self.stopping:
-            phase = "draining"
+            phase = lifecycle.DRAINING
         elif self.channel is None:
-            phase = "connecting"
+            phase = lifecycle.CONNECTING
         elif self.broker_blocked or (waiting is not None and time.monotonic() - waiting > BLOCKED_AFTER):
-            phase = "blocked"
+            phase = lifecycle.BLOCKED
         elif self.pauses:
-            phase = "paused"
+            phase = lifecycle.PAUSED
         else:
-            phase = "consuming"
+            phase = lifecycle.CONSUMING
         return Status(phase, self.settled, len(self.pending), self.ticked_at, tuple(sorted(self.pauses.reasons)))
 
     # ---- the I/O thread ---------------------------------------------------------------------

@@ -25,7 +25,11 @@ def _non_negative(value, name):
 
 def _scheme(*schemes):
     def check(value, name):
-        if urlsplit(value).scheme not in schemes:
+        try:
+            scheme = urlsplit(value).scheme
+        except ValueError as exc:  # "amqp://[broker": Invalid IPv6 URL
+            raise SettingsError(f"{name} is not a valid URL ({exc})") from None
+        if scheme not in schemes:
             raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
     return check
 
@@ -156,6 +160,8 @@ class Settings:
     # the supervisor (`report-worker run`)
     worker_processes: int = _setting("WORKER_PROCESSES", os.cpu_count() or 1, _positive)
     worker_timeout: float = _setting("WORKER_TIMEOUT", 30.0, _positive)  # a child silent this long is killed
+    # a child held back by the broker (flow control, late confirms) this long is replaced; above pika's 300 s
+    worker_blocked_timeout: float = _setting("WORKER_BLOCKED_TIMEOUT", 600.0, _positive)
     max_tasks_per_child: int = _setting("MAX_TASKS_PER_CHILD", 0, _non_negative)  # 0: never recycle for tasks
     max_tasks_jitter: int = _setting("MAX_TASKS_JITTER", 0, _non_negative)
     max_memory_per_child: int = _setting("MAX_MEMORY_PER_CHILD", 0, _non_negative)  # MB of RSS; 0: off
