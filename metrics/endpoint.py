@@ -5,8 +5,6 @@ nothing of the supervisor. Import it only after `metrics.multiprocess.prepare_di
 imports prometheus_client).
 """
 
-from typing import Callable
-
 from metrics.multiprocess import MetricsDirectory
 from metrics.parent import ParentMetrics
 from metrics.probes import Check, Probes, service_checks
@@ -15,23 +13,6 @@ from worker.logs import EventLog
 from worker.settings import Settings, SettingsError
 
 log = EventLog(__name__)
-
-
-class ReadyProbes(Probes):
-    """Probes whose /readyz body also counts the blocked children (not ready capacity: a blocked child
-    cannot publish its answers). To fold into metrics/probes.py, which the lead owns."""
-
-    def __init__(self, *args, blocked: Callable[[], int] = lambda: 0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.blocked = blocked
-
-    def readiness(self) -> tuple[bool, dict]:
-        ok, body = super().readiness()
-        try:
-            body["blocked"] = int(self.blocked())
-        except Exception:  # like Probes: a broken callable is not worth a failed probe
-            body["blocked"] = None
-        return ok, body
 
 
 class Endpoint:
@@ -45,10 +26,13 @@ class Endpoint:
         self.alive = 0            # child processes; written by the loop, read by the HTTP thread
         self.consuming = 0        # capacity: children whose heartbeat says consuming (blocked ones are not)
         self.blocked = 0          # children whose broker connection is blocked
+        self.paused: dict[str, int] = {}   # pause reason -> children
+        self.nodes: dict[int, str] = {}    # worker index -> broker node
         self.parent = ParentMetrics(settings, directory, poll_interval, consuming=lambda: self.consuming,
                                     blocked=lambda: self.blocked)
-        self.probes = ReadyProbes(lambda: self.alive, lambda: self.consuming,
-                                  service_checks(settings) if checks is None else checks, blocked=lambda: self.blocked)
+        self.probes = Probes(lambda: self.alive, lambda: self.consuming,
+                             service_checks(settings) if checks is None else checks,
+                             details=lambda: {"blocked": self.blocked, "paused": self.paused, "nodes": self.nodes})
         self.server: MetricsServer | None = None
         if settings.metrics_port:
             registry = build_registry(directory, self.parent)
@@ -70,9 +54,12 @@ class Endpoint:
         self.parent.stop()
         self.directory.remove()
 
-    def tick(self, alive: int, consuming: int, blocked: int = 0) -> None:
-        """Once per turn of the loop: the loop is alive, and this many children are alive / consuming / blocked."""
+    def tick(self, alive: int, consuming: int, blocked: int = 0, paused: dict | None = None,
+             nodes: dict | None = None) -> None:
+        """Once per turn of the loop: the loop is alive, this many children are alive / consuming / blocked,
+        these pause reasons hold children back, and these are the broker nodes of the slots."""
         self.alive, self.consuming, self.blocked = alive, consuming, blocked
+        self.paused, self.nodes = dict(paused or {}), dict(nodes or {})
         self.probes.heartbeat()
 
     def child_started(self, index: int, pid: int) -> None:

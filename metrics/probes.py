@@ -18,9 +18,11 @@ class Probes:
     """
 
     def __init__(self, alive: Callable[[], int], consuming: Callable[[], int], checks: dict[str, Check],
-                 stale_after: float = 30.0, timeout: float = 2.0, cache_seconds: float = 5.0):
+                 stale_after: float = 30.0, timeout: float = 2.0, cache_seconds: float = 5.0,
+                 details: Callable[[], dict] = dict):
         self.alive = alive
         self.consuming = consuming
+        self.details = details    # {"blocked": n, "paused": {reason: n}, "nodes": {index: node}} from heartbeats
         self.checks = checks
         self.stale_after = stale_after
         self.timeout = timeout
@@ -55,6 +57,14 @@ class Probes:
         if consuming < 1:
             failed.append("consuming")
         failed += [name for name, result in checks.items() if not result["ok"]]
+        try:
+            details = dict(self.details())
+        except Exception:  # a broken callable is not worth a failed probe
+            details = {}
+        failed += sorted(details.get("paused") or {})   # e.g. llm_unauthorized, budget_exhausted
+        body.update({key: value for key, value in details.items() if key in ("blocked", "paused")})
+        if details.get("nodes"):
+            body["nodes"] = {str(index): node for index, node in sorted(details["nodes"].items())}
         body.update(consuming=consuming, checks=checks, status="ok" if not failed else "fail")
         body.pop("failed", None)
         if failed:

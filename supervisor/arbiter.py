@@ -77,7 +77,8 @@ class Arbiter:
         self.replace_retiring()
         self.notify_systemd()
         census = self.children.census()
-        self.observers.tick(alive=census.alive, consuming=census.consuming, blocked=census.blocked)
+        self.observers.tick(alive=census.alive, consuming=census.consuming, blocked=census.blocked,
+                            paused=census.paused, nodes=census.nodes)
 
     def guarded(self, step: Callable, *args) -> None:
         """Run a turn (or a signal's handler); an exception is a bug of ours: log it, count it, go on.

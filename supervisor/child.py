@@ -21,12 +21,13 @@ log = EventLog(__name__)
 
 PR_SET_PDEATHSIG = 1
 TEST_HANG_ENV = "REPORT_WORKER_TEST_HANG_AFTER"  # test-only: the child's I/O loop blocks after this many seconds
+BEAT_SECONDS = 0.5
 
 
 class Consumer(Protocol):
     """All a child's supervisor may use of the consumer (worker.consumer.Consumer)."""
 
-    def status(self):  # -> worker.consumer.Status: phase, settled, inflight
+    def status(self):  # -> worker.consumer.Status: phase, settled, inflight, ticked_at, paused, node
         ...
 
     def stop(self, code: int = exitcodes.OK) -> None:
@@ -46,8 +47,8 @@ def main(index: int, settings: Settings, beat_path: str, parent_pid: int, run_ch
         settings = dataclasses.replace(settings, worker_name=f"{settings.name}/{index}")
         logs.configure(settings.log_level, worker=settings.name, index=index)
         die_with_parent(parent_pid)
-        pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid, hang_after)
-        code = run_child(settings, pulse)
+        pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid)
+        code = run_child(settings, Beating(pulse, hang_after))
         if pulse.recycle and code == exitcodes.OK:
             code = exitcodes.RECYCLE  # the parent's SIGTERM arrived after our last tick
     except BaseException:
@@ -70,14 +71,43 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(exitcodes.FAILURE)
 
 
+class Beating:
+    """The consumer's `on_tick` (its I/O thread, every turn): starts the pulse thread on the first call.
+
+    The heartbeat is written by its own thread, so a child waiting on the broker (flow control, a late
+    confirm) still beats, saying `blocked`; a hung I/O loop shows as a beat whose time stops advancing."""
+
+    def __init__(self, pulse: "Pulse", hang_after: float | None, interval: float = BEAT_SECONDS):
+        self.pulse = pulse
+        self.interval = interval
+        self.thread: threading.Thread | None = None
+        self.hang_at = time.monotonic() + hang_after if hang_after else 0.0
+
+    def __call__(self, consumer: Consumer) -> None:
+        if self.thread is None:
+            self.pulse(consumer)  # at once: the parent learns we consume now, not one beat later
+            self.thread = threading.Thread(target=self._run, args=(consumer,), name="pulse", daemon=True)
+            self.thread.start()
+        if self.hang_at and time.monotonic() > self.hang_at:
+            log.warning("test_hang", hook=TEST_HANG_ENV)
+            threading.Event().wait()  # test-only: block the I/O loop for good
+
+    def _run(self, consumer: Consumer) -> None:
+        while True:
+            time.sleep(self.interval)
+            try:
+                self.pulse(consumer)
+            except Exception:  # a failing beat must not end the beats: the parent would kill us as hung
+                log.error("pulse_failed", exc_info=True)
+
+
 class Pulse:
-    """`on_tick`: called on the consumer's I/O thread every tick and while it waits to reconnect.
+    """One beat: reads the consumer's `status()`, writes the heartbeat, asks for a recycle, watches the parent.
 
-    Beats the heartbeat, decides to ask for a recycle, watches the parent. Uses only the consumer's
-    `status()` and `stop(code)`.
-    """
+    Uses only the consumer's `status()` and `stop(code)`. The beat's time is when the consumer's I/O loop
+    last turned, or now while the broker holds it back (blocked): so the parent tells hung from held."""
 
-    def __init__(self, settings: Settings, writer: heartbeat.Writer, parent_pid: int, hang_after: float | None,
+    def __init__(self, settings: Settings, writer: heartbeat.Writer, parent_pid: int,
                  clock: Callable[[], float] = time.monotonic, rss: Callable[[], int] | None = None,
                  parent: Callable[[], int] = os.getppid):
         self.writer = writer
@@ -92,7 +122,6 @@ class Pulse:
         self.checked_at_settled = 0
         self.recycle = ""         # "tasks" or "memory" once asked
         self.recycle_deadline = 0.0
-        self.hang_at = self.clock() + hang_after if hang_after else 0.0
 
     def __call__(self, consumer: Consumer) -> None:
         now = self.clock()
@@ -110,10 +139,9 @@ class Pulse:
         elif self.recycle and (leaving or now > self.recycle_deadline):
             consumer.stop(exitcodes.RECYCLE)  # the parent's SIGTERM came (or never will): leave as recycled
         request = lifecycle.RECYCLE if self.recycle else ""
-        self.writer.write(heartbeat.Beat(status.phase, status.settled, status.inflight, now, request))
-        if self.hang_at and now > self.hang_at:
-            log.warning("test_hang", hook=TEST_HANG_ENV)
-            threading.Event().wait()  # test-only: block the I/O loop for good
+        at = now if status.phase == lifecycle.BLOCKED else min(now, status.ticked_at)
+        self.writer.write(heartbeat.Beat(status.phase, status.settled, status.inflight, at, request,
+                                         ",".join(status.paused), status.node))
 
     def due_for_recycle(self, settled: int) -> str:
         """"tasks" or "memory" once a limit is reached, checked only after a task settled."""

@@ -29,6 +29,8 @@ class Census:
     blocked: int            # their broker connection is blocked
     inflight: int
     slots_consuming: int    # slots whose current child consumes
+    paused: dict            # pause reason -> children that take no messages for it
+    nodes: dict             # worker index -> broker node ("host:port") its current child is connected to
 
     def status(self, wanted: int, stopping: bool) -> str:
         if stopping:
@@ -72,10 +74,15 @@ class Children:
 
     def census(self) -> Census:
         live = self.alive()
+        paused: dict[str, int] = {}
+        for child in live:
+            for reason in filter(None, child.beat.paused.split(",")):
+                paused[reason] = paused.get(reason, 0) + 1
         return Census(alive=len(live), consuming=sum(c.consuming for c in live),
                       blocked=sum(c.state is State.BLOCKED for c in live),
                       inflight=sum(c.beat.inflight for c in live),
-                      slots_consuming=sum(c.consuming for c in self.slotted()))
+                      slots_consuming=sum(c.consuming for c in self.slotted()), paused=paused,
+                      nodes={c.index: c.beat.node for c in self.slotted() if c.alive and c.beat.node})
 
     # ---- what the operating system tells -----------------------------------------------------
 

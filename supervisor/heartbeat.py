@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from worker import lifecycle
 
-WIDTH = 64
+WIDTH = 192
 NO_REQUEST = "-"
 
 
@@ -24,9 +24,12 @@ class Beat:
     inflight: int
     at: float           # the child's time.monotonic()
     request: str = ""   # "" or lifecycle.RECYCLE: the child asks for a successor
+    paused: str = ""    # why it takes no messages ("llm_unauthorized,budget_exhausted"), "" when it does
+    node: str = ""      # host:port of the broker node it is connected to, "" when none
 
     def line(self) -> bytes:
-        text = f"{self.phase} {self.settled} {self.inflight} {self.at:.3f} {self.request or NO_REQUEST}"
+        fields = (self.request, self.paused[:60], self.node[:80])
+        text = f"{self.phase} {self.settled} {self.inflight} {self.at:.3f} " + " ".join(f or NO_REQUEST for f in fields)
         return (text.ljust(WIDTH - 1) + "\n").encode()
 
 
@@ -49,8 +52,9 @@ def read(path: str) -> Beat | None:
     """The last beat, or None when the file is missing or not written yet."""
     try:
         with open(path, "rb") as handle:
-            phase, settled, inflight, at, request = handle.read(WIDTH).decode().split()
-        return Beat(phase, int(settled), int(inflight), float(at), "" if request == NO_REQUEST else request)
+            phase, settled, inflight, at, *rest = handle.read(WIDTH).decode().split()
+        request, paused, node = ("" if value == NO_REQUEST else value for value in rest)
+        return Beat(phase, int(settled), int(inflight), float(at), request, paused, node)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
 

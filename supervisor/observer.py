@@ -15,8 +15,9 @@ class Observer(Protocol):
 
     def stop(self) -> None: ...
 
-    def tick(self, alive: int, consuming: int, blocked: int) -> None:
-        """Every turn of the loop (at most arbiter.TICK apart): children alive, consuming, and blocked now."""
+    def tick(self, alive: int, consuming: int, blocked: int, paused: dict, nodes: dict) -> None:
+        """Every turn of the loop (at most arbiter.TICK apart): children alive, consuming and blocked now,
+        {pause reason: children paused for it}, {worker index: broker node}."""
 
     def child_started(self, index: int, pid: int) -> None: ...
 

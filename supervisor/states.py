@@ -40,7 +40,8 @@ LIVE = (*UP, State.STARTING, State.RETIRING, State.STOPPING, State.KILLED)   # a
 
 # Where a heartbeat phase moves a child that is STARTING or UP (other phases leave it where it is).
 FOLLOWS = {lifecycle.CONSUMING: State.RUNNING, lifecycle.BLOCKED: State.BLOCKED,
-           lifecycle.CONNECTING: State.RECONNECTING}
+           lifecycle.CONNECTING: State.RECONNECTING,
+           lifecycle.PAUSED: State.RUNNING}   # connected and well, but taking no messages: not capacity
 
 
 @dataclass(eq=False)

@@ -25,7 +25,7 @@ def test_ready_only_once_every_child_consumes():
     rig.tick()
     assert rig.arbiter.parent.state is ParentState.RUNNING and rig.notifier.sent.count("READY=1") == 1
     assert rig.notifier.status == "3/3 children consuming, 2 in flight"
-    assert rig.observer.last_tick == {"alive": 3, "consuming": 3, "blocked": 0}
+    assert rig.observer.last_tick == {"alive": 3, "consuming": 3, "blocked": 0, "paused": {}, "nodes": {}}
     assert [e for e in rig.observer.events if e[0] == "started"] == [("started", i, pids[i]) for i in (1, 2, 3)]
 
 
@@ -158,7 +158,7 @@ def test_recycle_hands_over_to_a_successor_that_consumes_first():
     rig.consume(old, settled=3, request=lifecycle.RECYCLE)
     rig.consume(new, phase=lifecycle.CONNECTING)
     rig.tick(1.0)
-    assert rig.os.signals == [] and rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 0}
+    assert rig.os.signals == [] and rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 0, "paused": {}, "nodes": {}}
     rig.consume(new)
     rig.tick()
     assert rig.os.signals == [(old, TERM)] and rig.state(old) is State.STOPPING
@@ -281,7 +281,7 @@ def test_a_reconnecting_child_is_tolerated_while_it_beats_but_does_not_count_as_
         rig.consume(pids[2])
         rig.tick(10.0)
     assert rig.state(pids[1]) is State.RECONNECTING and rig.os.signals == []
-    assert rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 0}
+    assert rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 0, "paused": {}, "nodes": {}}
     assert rig.notifier.status == "1/2 children consuming, 0 in flight"
     rig.consume(pids[1])
     rig.tick()

@@ -174,10 +174,11 @@ def test_reason_words_name_the_exit_codes():
 class FakeConsumer:
     def __init__(self):
         self.phase, self.settled, self.inflight = lifecycle.CONSUMING, 0, 0
+        self.ticked_at = 0.0
         self.stops: list[int] = []
 
     def status(self) -> Status:
-        return Status(self.phase, self.settled, self.inflight)
+        return Status(self.phase, self.settled, self.inflight, ticked_at=self.ticked_at)
 
     def stop(self, code: int = exitcodes.OK) -> None:
         self.stops.append(code)
@@ -193,7 +194,7 @@ class FakeWriter:
 
 
 def pulse(clock, writer, parent=lambda: 7, rss=lambda: 10 * 2**20, **settings):
-    return Pulse(make_settings(**settings), writer, 7, None, clock=clock, rss=rss, parent=parent)
+    return Pulse(make_settings(**settings), writer, 7, clock=clock, rss=rss, parent=parent)
 
 
 def test_pulse_beats_the_consumers_status_and_nothing_else():
@@ -202,6 +203,7 @@ def test_pulse_beats_the_consumers_status_and_nothing_else():
     for phase in (lifecycle.CONNECTING, lifecycle.CONSUMING, lifecycle.BLOCKED, lifecycle.DRAINING):
         consumer.phase, consumer.settled, consumer.inflight = phase, 4, 2
         clock.advance(0.5)
+        consumer.ticked_at = clock()
         tick(consumer)
         assert writer.beats[-1] == Beat(phase, 4, 2, clock(), "")
     assert consumer.stops == []
@@ -240,3 +242,24 @@ def test_pulse_stops_the_consumer_when_the_parent_is_gone():
     tick(consumer)
     tick(consumer)
     assert consumer.stops == [exitcodes.OK]     # once: a draining consumer is not told again
+
+
+def test_the_beat_carries_the_io_loops_time_unless_the_broker_holds_it_back():
+    clock, writer, consumer = FakeClock(), FakeWriter(), FakeConsumer()
+    tick = pulse(clock, writer)
+    consumer.ticked_at = clock()
+    clock.advance(5.0)                              # the I/O loop has not turned for 5 s: hung, or ...
+    tick(consumer)
+    assert writer.beats[-1].at == consumer.ticked_at
+    consumer.phase = lifecycle.BLOCKED              # ... held back by the broker: the beat stays fresh
+    tick(consumer)
+    assert writer.beats[-1].at == clock() and writer.beats[-1].phase == lifecycle.BLOCKED
+
+
+def test_a_heartbeat_line_carries_pause_reasons_and_the_broker_node(tmp_path):
+    path = tmp_path / "beat"
+    path.write_bytes(b"")
+    beat = Beat(lifecycle.PAUSED, 3, 0, 12.5, "", "budget_exhausted,llm_unauthorized", "127.0.0.1:5681")
+    heartbeat.Writer(str(path)).write(beat)
+    assert heartbeat.read(str(path)) == beat
+    assert len(beat.line()) == heartbeat.WIDTH

@@ -19,17 +19,26 @@ from tests.supervisor_fakes import make_settings
 
 
 def test_readyz_and_metrics_show_the_blocked_children():
-    from metrics.endpoint import ReadyProbes
     from metrics.parent import ParentMetrics
+    from metrics.probes import Probes
 
-    probes = ReadyProbes(lambda: 2, lambda: 1, {}, blocked=lambda: 1)
+    probes = Probes(lambda: 2, lambda: 1, {}, details=lambda: {"blocked": 1, "paused": {}, "nodes": {1: "h:5672"}})
     probes.heartbeat()
     ok, body = probes.readiness()
-    assert ok and body["blocked"] == 1 and body["consuming"] == 1
+    assert ok and body["blocked"] == 1 and body["consuming"] == 1 and body["nodes"] == {"1": "h:5672"}
     parent = ParentMetrics(make_settings(), poller=type("P", (), {"snapshot": dict, "age": lambda self: None})(),
                            blocked=lambda: 3)
     families = {f.name: f for f in parent.collect()}
     assert families["report_worker_broker_blocked"].samples[0].value == 3
+
+
+def test_readyz_names_why_children_take_no_messages():
+    from metrics.probes import Probes
+
+    probes = Probes(lambda: 2, lambda: 0, {}, details=lambda: {"blocked": 0, "paused": {"llm_unauthorized": 2}})
+    probes.heartbeat()
+    ok, body = probes.readiness()
+    assert not ok and body["failed"] == ["consuming", "llm_unauthorized"] and body["paused"] == {"llm_unauthorized": 2}
 
 
 # -- the metrics server: bounded threads, timeouts ------------------------------------------------------

@@ -172,7 +172,7 @@ def test_a_blocked_child_that_beats_is_neither_killed_nor_counted_as_capacity():
     pids = rig.started()
     blocked_for(rig, pids[1], 290.0, others=[pids[2]])
     assert rig.state(pids[1]) is State.BLOCKED and rig.os.signals == [] and len(rig.os.forks) == 2
-    assert rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 1}
+    assert rig.observer.last_tick == {"alive": 2, "consuming": 1, "blocked": 1, "paused": {}, "nodes": {}}
     assert rig.notifier.status == "1/2 children consuming, 2 in flight, 1 blocked"
     rig.clock.advance(31.0)
     rig.consume(pids[2])
@@ -181,7 +181,7 @@ def test_a_blocked_child_that_beats_is_neither_killed_nor_counted_as_capacity():
 
 
 def test_a_child_blocked_longer_than_its_limit_is_replaced_like_a_recycle():
-    rig = Rig(worker_processes=1, restart_limit=1)
+    rig = Rig(worker_processes=1, restart_limit=1, worker_blocked_timeout=300.0)
     old = rig.started()[1]
     blocked_for(rig, old, 310.0)                     # the parent saw it blocked from the first of these ticks on
     assert len(rig.os.forks) == 1 and rig.clock() - rig.child(old).since == 300.0

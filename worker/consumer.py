@@ -34,6 +34,7 @@ class Status:
     inflight: int       # deliveries received and not settled yet
     ticked_at: float    # time.monotonic() of the I/O loop's last turn; it stops while a confirm is awaited
     paused: tuple[str, ...] = ()   # why it takes no messages now (llm_unauthorized, budget_exhausted, ...)
+    node: str = ""      # host:port of the broker node of the current connection ("" when none)
 
 
 class Consumer:
@@ -54,6 +55,7 @@ class Consumer:
         self.pauses = Pauses(probe, settings.intake_probe_seconds, events)
         self.settler = Settler(events)
         self.broker_blocked = False   # the broker sent connection.blocked (a memory or disk alarm)
+        self.node = ""                # host:port of the node we are connected to
         self.ticked_at = time.monotonic()
         self.stopping = False
         self.exit_code = exitcodes.OK
@@ -86,7 +88,8 @@ class Consumer:
             phase = lifecycle.PAUSED
         else:
             phase = lifecycle.CONSUMING
-        return Status(phase, self.settled, len(self.pending), self.ticked_at, tuple(sorted(self.pauses.reasons)))
+        return Status(phase, self.settled, len(self.pending), self.ticked_at, tuple(sorted(self.pauses.reasons)),
+                      self.node if self.connection is not None else "")
 
     # ---- the I/O thread ---------------------------------------------------------------------
 
@@ -121,7 +124,9 @@ class Consumer:
             self._close()
 
     def _connect(self) -> None:
-        self.connection = frames.connect(connection_parameters(self.settings))
+        parameters = connection_parameters(self.settings)
+        self.connection = frames.connect(parameters)
+        self.node = f"{parameters.host}:{parameters.port}"
         declare(self.connection, self.settings)
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
