@@ -42,7 +42,7 @@ def llm_server():
 def llm(llm_server):
     """The fake LLM, reset to instant and error-free for each test."""
     llm_server.configure(latency=0.0, jitter=0.0, error_rate=0.0, rate_limit_rate=0.0,
-                         timeout_rate=0.0, malformed_rate=0.0)
+                         timeout_rate=0.0, malformed_rate=0.0, mode="good", modes={}, api_keys=(), models=())
     llm_server.reset()
     return llm_server
 

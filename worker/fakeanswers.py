@@ -203,3 +203,17 @@ def completion_body(model: str, prompt: bytes, answer: Answer | str) -> dict:
                          "total_tokens": prompt_tokens + completion_tokens}
     return body
 
+
+
+def refusal(faults: Any, authorization: str | None, model: str | None) -> tuple[int, dict] | None:
+    """401 for a key the fake does not accept, 404 for a model it does not serve, as OpenAI answers them."""
+    key = (authorization or "").removeprefix("Bearer ").strip()
+    if faults.api_keys and key not in faults.api_keys:
+        return 401, _error("Incorrect API key provided.", "invalid_api_key")
+    if faults.models and model not in faults.models:
+        return 404, _error(f"The model `{model}` does not exist or you do not have access to it.", "model_not_found")
+    return None
+
+
+def _error(message: str, code: str) -> dict:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}

@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.fakeanswers import (MALFORMED_ANSWER, MODES, answer_for, check_modes, completion_body, mode_of,
+from worker.fakeanswers import (MALFORMED_ANSWER, MODES, answer_for, check_modes, completion_body, mode_of, refusal,
                                 schema_problem)
 
 
@@ -29,6 +29,8 @@ class Faults:
     malformed_first: int = 0  # answer malformed to the first N calls of each request_id
     mode: str = "good"  # the answer of every request without a mode of its own (see fakeanswers.MODES)
     modes: dict = dataclasses.field(default_factory=dict)  # request_id → mode, or "mode:once" (first call only)
+    api_keys: tuple = ()  # bearer tokens accepted (401 for others); empty: any
+    models: tuple = ()    # model names served (404 model_not_found for others); empty: any
 
 
 class Server(ThreadingHTTPServer):
@@ -153,6 +155,10 @@ class Handler(BaseHTTPRequestHandler):
             messages = chat["messages"]
         except (ValueError, KeyError, TypeError):
             self.reply(400, error_body("body is not a chat completion request", "invalid_request_error"))
+            return
+        refused = refusal(self.server.faults, self.headers.get("Authorization"), chat.get("model"))
+        if refused:
+            self.reply(*refused)
             return
         document = request_document(messages)
         faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
