@@ -11,7 +11,7 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, ParentState, given, seed, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
 from tests.conftest import sample_request
@@ -117,7 +117,7 @@ def draw_poison(count: int) -> list[tuple[str, bytes, dict]]:
     drawn: list[tuple[str, bytes, dict]] = []
 
     @seed(SEED)
-    @settings(max_examples=count, database=None, phases=[ParentState.generate], deadline=None,
+    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(poison)
     def collect(message):
