@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 import psutil
 
 from supervisor import heartbeat
+from supervisor.crashes import TEST_CRASH_ENV, Journal
 from supervisor.signals import reset_in_child
 from worker import exitcodes, lifecycle, logs
 from worker.logs import EventLog
@@ -35,7 +36,7 @@ class Consumer(Protocol):
 
 
 OnTick = Callable[[Consumer], None]
-RunChild = Callable[[Settings, OnTick], int]   # the child's body: consume until stopped, return an exit code
+RunChild = Callable[[Settings, OnTick, Journal], int]   # the child's body: consume until stopped, return an exit code
 
 
 def main(index: int, settings: Settings, beat_path: str, parent_pid: int, run_child: RunChild,
@@ -48,7 +49,7 @@ def main(index: int, settings: Settings, beat_path: str, parent_pid: int, run_ch
         logs.configure(settings.log_level, worker=settings.name, index=index)
         die_with_parent(parent_pid)
         pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid)
-        code = run_child(settings, Beating(pulse, hang_after))
+        code = run_child(settings, Beating(pulse, hang_after), Journal(beat_path, os.environ.get(TEST_CRASH_ENV)))
         if pulse.recycle and code == exitcodes.OK:
             code = exitcodes.RECYCLE  # the parent's SIGTERM arrived after our last tick
     except BaseException:

@@ -13,11 +13,21 @@ from supervisor import heartbeat
 from supervisor.processes import Processes
 from supervisor.restarts import backoff_delay
 from supervisor.states import FOLLOWS, UP, Child, State, change_state
-from worker import lifecycle
+from worker import exitcodes, lifecycle
 from worker.logs import EventLog
 from worker.settings import Settings
 
 log = EventLog(__name__)
+
+
+PLANNED_ENDS = frozenset({lifecycle.QUIT, lifecycle.SHUTDOWN, lifecycle.STOP_TIMEOUT, lifecycle.SCALE_DOWN,
+                          lifecycle.RELOAD, lifecycle.RECYCLE, lifecycle.BLOCKED})
+CLEAN_EXITS = frozenset({exitcodes.OK, exitcodes.RECYCLE, exitcodes.CONFIG, exitcodes.CONNECT})
+
+
+def died_abnormally(child: Child, code: int) -> bool:
+    """A crash, a signal the parent did not send to end it on purpose, or a kill because it hung."""
+    return child.reason not in PLANNED_ENDS and code not in CLEAN_EXITS
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class Children:
         for pid, code in self.processes.reap():
             child = next((c for c in self.alive() if c.pid == pid), None)
             if child is not None:
+                if died_abnormally(child, code):
+                    self.processes.blame(child.heartbeat)   # the messages it was handling: poison suspects
                 self.processes.forget(child.heartbeat)
                 yield child, code
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 from supervisor import child as child_process
-from supervisor import heartbeat
+from supervisor import crashes, heartbeat
 from supervisor.signals import blocked
 from worker.settings import Settings
 
@@ -22,6 +22,7 @@ class Processes:
         self.run_child = run_child
         self.hang_after = hang_after  # test-only, see child.TEST_HANG_ENV
         self.heartbeats = heartbeat.Directory()
+        self.crash_book = crashes.CrashBook(self.heartbeats.path)
         self.parent_pid = os.getpid()
 
     @property
@@ -71,9 +72,14 @@ class Processes:
     def read(path: str) -> heartbeat.Beat | None:
         return heartbeat.read(path)
 
+    def blame(self, path: str) -> None:
+        """The child of heartbeat `path` died abnormally: count a crash for each message it was handling."""
+        self.crash_book.blame(path)
+
     def forget(self, path: str) -> None:
-        """A reaped child's heartbeat file."""
+        """A reaped child's heartbeat file and its journal."""
         self.heartbeats.remove(path)
+        crashes.forget(path)
 
     def close(self, pids: list[int], grace: float) -> None:
         """On the way out: normally nothing is left. If the loop broke with children alive, let them

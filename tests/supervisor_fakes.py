@@ -45,6 +45,7 @@ class FakeProcesses:
         self.beats: dict[str, Beat] = {}
         self.fork_errors: list[OSError] = []             # raised by the next spawns, in order
         self.closed: list[int] | None = None
+        self.blamed: list[str] = []                      # heartbeat paths of children that died abnormally
 
     def spawn(self, index, settings, at):
         if self.fork_errors:
@@ -64,6 +65,9 @@ class FakeProcesses:
 
     def read(self, path):
         return self.beats.get(path)
+
+    def blame(self, path):
+        self.blamed.append(path)
 
     def forget(self, path):
         self.beats.pop(path, None)

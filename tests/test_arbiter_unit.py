@@ -330,3 +330,29 @@ def test_the_loop_runs_until_the_children_are_gone():
     rig.arbiter.signals.wait = wait
     assert rig.arbiter.run() == exitcodes.OK
     assert rig.os.closed == []
+
+
+@pytest.mark.parametrize("code, killed_for, blamed", [
+    (-9, "", True),                       # killed by someone else: the OOM killer, an operator
+    (-11, "", True),                      # a segfault
+    (1, "", True),                        # a crash
+    (-9, lifecycle.HUNG, True),           # we killed it because its loop went silent
+    (-9, lifecycle.QUIT, False),          # we killed it on purpose
+    (0, "", False), (exitcodes.RECYCLE, "", False), (exitcodes.CONFIG, "", False),
+])
+def test_the_messages_of_a_child_that_died_abnormally_are_blamed(code, killed_for, blamed):
+    from supervisor.children import died_abnormally
+    from supervisor.heartbeat import first
+    from supervisor.states import Child
+
+    child = Child(1, 1, "/fake/heartbeats/child-1", 0.0, first(0.0), pid=100, reason=killed_for)
+    assert died_abnormally(child, code) is blamed
+
+
+def test_a_reaped_crash_blames_its_heartbeat_path():
+    rig = Rig(worker_processes=1)
+    pid = rig.started()[1]
+    path = rig.child(pid).heartbeat
+    rig.os.exit(pid, -11)
+    rig.tick()
+    assert rig.os.blamed == [path]

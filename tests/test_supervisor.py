@@ -295,7 +295,7 @@ def test_crash_loop_backs_off_then_gives_up(supervisor, env):
 
 @pytest.mark.timeout(60)
 def test_a_child_config_error_is_not_restarted(supervisor, broker, names):
-    broker.channel.queue_declare(names["RABBITMQ_RESPONSE_QUEUE"], durable=True, arguments={"x-message-ttl": 1000})
+    broker.channel.queue_declare(names["RABBITMQ_REQUEST_QUEUE"], durable=True, arguments={"x-message-ttl": 1000})
     parent = supervisor("--processes", "2", wait_ready=False)
     assert parent.wait(30) == exitcodes.CONFIG
     assert len(parent.spawned()) == 2

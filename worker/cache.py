@@ -43,7 +43,7 @@ class Cache:
             return None
 
     def remember_report(self, report_id: str, report: dict[str, Any]) -> None:
-        self._call("report", "set", self.prefix + f"report:{report_id}", json.dumps(report, default=str), ex=self.report_ttl)
+        self._call("report", "set", self.prefix + f"report:{report_id}", json.dumps(report, default=_iso), ex=self.report_ttl)
 
     def _call(self, cache: str, command: str, *args, **kwargs):
         if time.monotonic() < self._down_until:
@@ -59,3 +59,8 @@ class Cache:
         if kwargs.get("get") or command == "get":
             self.events.cache_result(cache, "hit" if result is not None else "miss")
         return result
+
+
+def _iso(value: Any) -> str:
+    """JSON for what json cannot write itself: datetimes as ISO 8601, anything else as its str()."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

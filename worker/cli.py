@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
 
     return supervisor.serve(
         lambda: _settings(args),                                   # HUP calls it again: same --config, same flags
-        run_child=lambda settings, on_tick: service.run(settings, on_tick, PrometheusEvents()),
+        run_child=lambda settings, on_tick, journal: service.run(settings, on_tick, PrometheusEvents(), journal),
         observer=lambda settings: Endpoint(settings, directory),
     )
 

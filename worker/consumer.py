@@ -15,6 +15,7 @@ from worker.delivery import Delivery, Settlement
 from worker.events import NO_EVENTS, Events
 from worker.pauses import Pauses, Probe
 from worker.settler import Settler
+from worker.suspects import Handling, Journal
 from worker.logs import EventLog
 from worker.settings import Settings
 from worker.topology import QueueMismatch, declare
@@ -47,12 +48,15 @@ class Consumer:
         on_tick: Callable[["Consumer"], None] | None = None,
         events: Events = NO_EVENTS,
         probe: Probe | None = None,
+        journal: Journal | None = None,
     ):
         self.settings = settings
         self.handle = handle
         self.on_tick = on_tick
         self.events = events
         self.pauses = Pauses(probe, settings.intake_probe_seconds, events)
+        self.journal = journal
+        self.handling = Handling(journal, settings.poison_crash_limit)
         self.settler = Settler(events)
         self.broker_blocked = False   # the broker sent connection.blocked (a memory or disk alarm)
         self.node = ""                # host:port of the node we are connected to
@@ -192,7 +196,8 @@ class Consumer:
             self.channel.basic_cancel(self.consumer_tag)
 
     def _on_message(self, channel, method, properties, body) -> None:
-        delivery = Delivery(body, properties, method.delivery_tag, method.redelivered, channel)
+        crashes = self.journal.crashes(body) if method.redelivered and self.journal else 0
+        delivery = Delivery(body, properties, method.delivery_tag, method.redelivered, channel, crashes=crashes)
         self.pending[delivery.tag] = delivery
         self.events.inflight_changed(len(self.pending))
         self.events.message_received(method.redelivered)
@@ -277,7 +282,8 @@ class Consumer:
             self._settle_threadsafe(delivery, Settlement(requeue=True, outcome="paused"))
             return
         try:
-            settlement = self.handle(delivery)
+            with self.handling(delivery):
+                settlement = self.handle(delivery)
         except Exception as exc:  # handle() never raises; if it did, the message must not stay unsettled
             log.error("handler_crashed", exc_info=exc)
             settlement = Settlement(requeue=True)

@@ -8,11 +8,13 @@ import pika
 from worker.broker import channel
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER
 from worker.frames import MARKER
+from worker.outcomes import RETRY_SIGNATURE
 from worker.intake import identify
 from worker.settings import Settings
 
-DEAD_LETTER_HEADERS = ("x-death-reason", "x-error", "x-error-class", "x-attempts", "x-original-queue",
-                       "x-failed-at", "x-worker", ATTEMPT_HEADER, CLAIM_HEADER, MARKER)
+DEAD_LETTER_HEADERS = ("x-death-reason", "x-error", "x-error-code", "x-error-class", "x-attempts",
+                       "x-original-queue", "x-failed-at", "x-worker", "x-death", ATTEMPT_HEADER, CLAIM_HEADER,
+                       RETRY_SIGNATURE, MARKER)
 
 
 def _summary(properties, body: bytes) -> dict:

@@ -46,6 +46,7 @@ class Delivery:
     redelivered: bool
     channel: object
     received_at: float = field(default_factory=time.monotonic)
+    crashes: int = 0    # children that died while handling it (the supervisor's crash book; 0 if unknown)
 
     @property
     def headers(self) -> dict:

@@ -27,6 +27,7 @@ CODES = {
     "llm_unavailable": (True, "the LLM did not answer in time, or kept failing, through every retry"),
     "retries_exhausted": (True, "a service the worker needs kept failing through every retry"),
     "internal_error": (True, "the worker failed unexpectedly on this message"),
+    "worker_crashed": (False, "worker processes kept dying while handling this message"),
 }
 
 

@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import json
+import math
 import re
 from typing import Any
 
@@ -36,6 +37,12 @@ def _id_of(value: Any) -> str:
     return value if isinstance(value, str) and _ID.match(value) else ""
 
 
+def readable_ids(body: bytes) -> tuple[str, str]:
+    """The ids of a message that is not a valid request: parsed when it is JSON, else looked for in its head."""
+    ids = identify(body)
+    return ids if ids[0] else scan_ids(body[:ID_SCAN_BYTES])
+
+
 def scan_ids(head: bytes) -> tuple[str, str]:
     """Ids of a message too large to parse, looked for in its first bytes only."""
     found = []
@@ -54,27 +61,31 @@ def signed(body: bytes, signature: str | None, key: str) -> bool:
 
 
 def validate(body: bytes, max_bytes: int, content_type: str | None = None, signature: str | None = None,
-             signing_key: str = "") -> ReportGenerationRequest:
+             signing_key: str = "", undecodable: str | None = None) -> ReportGenerationRequest:
     """The request in `body`, or InvalidRequest (with the ids when they can be read) saying what is wrong.
 
     The size is checked before anything reads the body; the body is parsed once on the way to success.
-    With a signing key, an unsigned or wrongly signed message carries no ids: nobody is answered for it."""
+    With a signing key, only a correctly signed message is ever answered: a too large, unsigned or wrongly
+    signed one carries no ids. `undecodable` says why pika could not read the message's headers."""
     if len(body) > max_bytes:
-        raise InvalidRequest(f"message is {len(body)} bytes, more than the limit of {max_bytes}",
-                             *scan_ids(body[:ID_SCAN_BYTES]), code="too_large")
+        ids = ("", "") if signing_key else scan_ids(body[:ID_SCAN_BYTES])
+        raise InvalidRequest(f"message is {len(body)} bytes, more than the limit of {max_bytes}", *ids,
+                             code="too_large")
     if signing_key and not signed(body, signature, signing_key):
         reason = "request signature does not match" if signature else "request is not signed (x-signature missing)"
         raise InvalidRequest(reason, code="bad_signature")
+    if undecodable:
+        raise InvalidRequest(f"message properties: {undecodable}", *readable_ids(body), code="undecodable_headers")
     if content_type and not _is_json(content_type):
-        raise InvalidRequest(f"content type {content_type[:64]!r} is not JSON", *identify(body),
+        raise InvalidRequest(f"content type {content_type[:64]!r} is not JSON", *readable_ids(body),
                              code="unsupported_content_type")
     try:
         request = ReportGenerationRequest.model_validate_json(body.decode("utf-8"))
     except UnicodeDecodeError:
-        raise InvalidRequest("message body is not UTF-8", code="invalid_json") from None
+        raise InvalidRequest("message body is not UTF-8", *scan_ids(body[:ID_SCAN_BYTES]), code="invalid_json") from None
     except ValidationError as exc:
         code = "invalid_json" if any(e["type"] == "json_invalid" for e in exc.errors()) else "invalid_field"
-        raise InvalidRequest(_summarize(exc), *identify(body), code=code) from None
+        raise InvalidRequest(_summarize(exc), *readable_ids(body), code=code) from None
     except RecursionError:
         raise InvalidRequest("message JSON is nested too deeply", code="invalid_json") from None
     problem = unstorable(request.model_dump())
@@ -104,6 +115,8 @@ def unstorable(value: Any, where: str = "", depth: int = 0) -> str:
                 return problem
     elif isinstance(value, bool):
         return ""
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{where}: a number that is not finite (NaN or Infinity is not JSON)"
     elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
         return f"{where}: integer beyond 64 bits"
     elif isinstance(value, str):

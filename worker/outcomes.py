@@ -1,6 +1,8 @@
 """How a delivery ends, decided from the pipeline's result or error class alone; the consumer carries it out."""
 
 import fnmatch
+import hashlib
+import hmac
 import time
 import uuid
 from datetime import datetime, timezone
@@ -12,7 +14,7 @@ from worker.errors import (
     InProgress, InvalidRequest, Paused, PermanentError, TransientError, describe, retryable,
 )
 from worker.frames import undecodable
-from worker.intake import identify, validate
+from worker.intake import ID_SCAN_BYTES, readable_ids, scan_ids, signed, validate
 from worker.logs import EventLog
 from worker.pipeline import Pipeline
 from worker.schemas import ReportGenerationResponse
@@ -20,6 +22,7 @@ from worker.settings import Settings
 
 log = EventLog(__name__)
 MAX_REASON_CHARS = 1000
+RETRY_SIGNATURE = "x-retry-signature"
 
 
 def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settlement:
@@ -28,19 +31,20 @@ def handle(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
         return decide(delivery, pipeline, settings)
     except Exception as exc:
         log.error("handler_crashed", exc_info=exc)
-        return give_up(delivery, settings, exc, "failed", "", "", death_reason="crash")
+        return give_up(delivery, settings, exc, "failed", *answerable_ids(delivery, settings), death_reason="crash")
 
 
 def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settlement:
     started = time.perf_counter()
     attempt, claim = retry_state(delivery, settings)
-    reason = undecodable(delivery.properties)
-    if reason:  # its headers could not be read: pika would have dropped the connection (worker.frames)
-        return give_up(delivery, settings, InvalidRequest(f"message properties: {reason}", code="undecodable_headers"),
-                       "invalid", *identify(delivery.body))
-    try:
+    if delivery.crashes >= settings.poison_crash_limit:  # it killed its process that often: poison
+        return give_up(delivery, settings, PermanentError(f"{delivery.crashes} worker processes died handling it",
+                                                          code="worker_crashed"),
+                       "dead_lettered", *answerable_ids(delivery, settings), death_reason="crashed_worker")
+    try:  # undecodable: its headers could not be read; pika would have dropped the connection (worker.frames)
         request = validate(delivery.body, settings.max_message_bytes, delivery.properties.content_type,
-                           delivery.header(SIGNATURE_HEADER), settings.request_signing_key)
+                           delivery.header(SIGNATURE_HEADER), settings.request_signing_key,
+                           undecodable(delivery.properties))
     except InvalidRequest as exc:
         outcome = "rejected" if exc.code == "bad_signature" else "invalid"
         return give_up(delivery, settings, exc, outcome, exc.request_id, exc.user_id)
@@ -70,16 +74,36 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
     return Settlement((respond(delivery, settings, response),), outcome="success", otherwise=otherwise)
 
 
+def answerable_ids(delivery: Delivery, settings: Settings) -> tuple[str, str]:
+    """The ids a `failed` response may name for a message that did not validate: none for an unsigned one
+    when signing is on; for a too large one, only what its first bytes say."""
+    body = delivery.body
+    if settings.request_signing_key and not signed(body, delivery.header(SIGNATURE_HEADER), settings.request_signing_key):
+        return "", ""
+    return scan_ids(body[:ID_SCAN_BYTES]) if len(body) > settings.max_message_bytes else readable_ids(body)
+
+
 def retry_state(delivery: Delivery, settings: Settings) -> tuple[int, str]:
-    """The attempt number and claim token, trusted only on a message back from one of our delay queues
-    (the broker's x-death names the queue); anything else starts at attempt 1 with a new claim."""
+    """The attempt number and claim token, trusted only on a message back from one of our delay queues (the
+    broker's x-death names the queue; with a signing key, our own signature of the two headers must match
+    too, since a publisher can write x-death itself); anything else starts at attempt 1 with a new claim."""
     deaths = delivery.headers.get("x-death")
     last = deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
     queue = last.get("queue")
     queue = queue.decode("utf-8", "replace") if isinstance(queue, bytes) else queue
-    if queue in {settings.retry_queue(delay) for delay in settings.retry_delays}:
-        return delivery.attempt, delivery.header(CLAIM_HEADER) or uuid.uuid4().hex
+    attempt, claim = delivery.attempt, delivery.header(CLAIM_HEADER) or ""
+    if queue in {settings.retry_queue(delay) for delay in settings.retry_delays} and claim and (
+            not settings.request_signing_key or hmac.compare_digest(
+                retry_signature(settings, delivery.body, attempt, claim), delivery.header(RETRY_SIGNATURE) or "")):
+        return attempt, claim
     return 1, uuid.uuid4().hex
+
+
+def retry_signature(settings: Settings, body: bytes, attempt: int, claim: str) -> str:
+    """HMAC of a retry's attempt and claim headers under the signing key, bound to the body."""
+    digest = hashlib.sha256(body).hexdigest()
+    return hmac.new(settings.request_signing_key.encode(), f"{attempt}:{claim}:{digest}".encode(),
+                    hashlib.sha256).hexdigest()
 
 
 def reply_queue(delivery: Delivery, settings: Settings) -> str:
@@ -116,7 +140,10 @@ def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseExcepti
     delay = min(settings.retry_delays) if shortest else settings.retry_delay(attempt)
     if announce:
         log.warning("retry_scheduled", attempt=attempt, delay_seconds=delay, error=_reason(exc), request_id=request_id)
-    properties = delivery.copy_properties(**{ATTEMPT_HEADER: attempt, CLAIM_HEADER: claim})
+    headers = {ATTEMPT_HEADER: attempt, CLAIM_HEADER: claim}
+    if settings.request_signing_key:
+        headers[RETRY_SIGNATURE] = retry_signature(settings, delivery.body, attempt, claim)
+    properties = delivery.copy_properties(**headers)
     publish = Publish(settings.retry_queue(delay), delivery.body, properties)
     refused = TransientError(f"the delay queue refused the retry: {_reason(exc)}", code=getattr(exc, "code", None))
     return Settlement((publish,), outcome="retried",

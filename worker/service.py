@@ -8,6 +8,7 @@ from typing import Callable
 from worker import clients, exitcodes
 from worker.claims import Claims, Leases
 from worker.consumer import Consumer
+from worker.suspects import Journal
 from worker.errors import TransientError
 from worker.events import NO_EVENTS, Events
 from worker.knowledge import KnowledgeCache
@@ -55,14 +56,15 @@ def prepare_store(settings: Settings) -> Store | None:
             time.sleep(1)
 
 
-def run(settings: Settings, on_tick: Callable[[Consumer], None] | None = None, events: Events = NO_EVENTS) -> int:
+def run(settings: Settings, on_tick: Callable[[Consumer], None] | None = None, events: Events = NO_EVENTS,
+        journal: Journal | None = None) -> int:
     """Consume until asked to stop; returns an exit code from `worker.exitcodes`."""
     store = prepare_store(settings)
     if store is None:
         return exitcodes.CONNECT
     pipeline = build_pipeline(settings, store, events)
     consumer = Consumer(settings, functools.partial(handle, pipeline=pipeline, settings=settings), on_tick, events,
-                        probe=functools.partial(still_paused, pipeline))
+                        probe=functools.partial(still_paused, pipeline), journal=journal)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: consumer.stop())
     log.info("worker_started", threads=settings.worker_threads, prefetch=settings.prefetch,

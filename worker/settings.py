@@ -63,6 +63,7 @@ class Settings:
     request_signing_key: str = _setting("REQUEST_SIGNING_KEY", "", secret=True)  # set: requests must be signed
     # queue names (fnmatch patterns) a request's reply_to may name; "": the response queue and direct reply-to
     reply_to_allowed: str = _setting("REPLY_TO_ALLOWED", "")
+    poison_crash_limit: int = _setting("POISON_CRASH_LIMIT", 3, _positive)  # dead-letter after killing K children
     intake_probe_seconds: float = _setting("INTAKE_PROBE_SECONDS", 15.0, _positive)  # paused: probe this often
     graceful_timeout: float = _setting("GRACEFUL_TIMEOUT", 60.0, _non_negative)
     connect_timeout: float = _setting("CONNECT_TIMEOUT", 30.0, _positive)

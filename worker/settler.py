@@ -9,6 +9,7 @@ from worker.events import Events, timed
 from worker.logs import EventLog
 
 log = EventLog(__name__)
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 LAST_RESORT_DELAY = 5.0   # seconds before a delivery nobody would confirm goes back to the queue
 
 
@@ -48,11 +49,13 @@ class Settler:
 
     def _publish_confirmed(self, channel, publish: Publish) -> None:
         """Publish and wait for the confirm; a reply_to that has no queue or refuses the message falls back
-        to the response queue."""
+        to the response queue. Direct reply-to is not published mandatory: RabbitMQ delivers it and still
+        returns it as unroutable, which would send a second copy to the response queue."""
+        direct = publish.routing_key.startswith(DIRECT_REPLY_TO)
         self.waiting_since = time.monotonic()
         try:
             try:
-                channel.basic_publish("", publish.routing_key, publish.body, publish.properties, mandatory=True)
+                channel.basic_publish("", publish.routing_key, publish.body, publish.properties, mandatory=not direct)
             except (UnroutableError, NackError) as exc:
                 if not publish.fallback_key:
                     raise
