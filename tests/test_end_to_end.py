@@ -233,7 +233,7 @@ def test_mongo_write_failures_retry_through_delay_queues_and_store_once(consumer
     worker = consumer()
     admin = mongo.client().admin
     admin.command({"configureFailPoint": "failCommand", "mode": {"times": 2},
-                   "data": {"failCommands": ["insert"], "errorCode": 91}})
+                   "data": {"failCommands": ["findAndModify", "update"], "errorCode": 91}})
     try:
         request = sample_request()
         broker.publish(request)

@@ -46,7 +46,7 @@ def test_a_refused_key_pauses_intake_until_the_llm_accepts_it_again(spawn, env, 
     for request in requests:
         broker.publish(request)
     wait_for(lambda: queued(broker, names), 60, message="the requests did not go back to the queue")
-    status, body = wait_for(lambda: (lambda r: r if r[1].get("paused") == {reason: 2} else None)(readyz(port)), 30,
+    status, body = wait_for(lambda: (lambda r: r if r[1].get("paused") == {reason: 2} else None)(readyz(port)), 60,
                             message="/readyz did not name the pause of both children")
     assert status == 503 and reason in body["failed"] and body["consuming"] == 0
     assert metric(port, "report_worker_intake_paused", reason=reason) == 1

@@ -386,7 +386,7 @@ def test_a_real_pipeline_run_exposes_counts_and_no_ids(consumer, broker, db, cac
     directory.wipe()
     worker = consumer(PROMETHEUS_MULTIPROC_DIR=directory.path)
     requests = [sample_request(request_id=f"rid-{i}-7f3a", user_id=f"uid-{i}-9c1b") for i in range(3)]
-    requests.append({"request_id": "rid-bad-7f3a", "user_id": "uid-bad-9c1b"})    # invalid: no patient data
+    requests.append({"request_id": "rid-bad-7f3a", "user_id": "uid-bad-9c1b", "labs": "x"})  # invalid, no patient
     for request in requests:
         broker.publish(request)
     broker.responses(4, timeout=60)

@@ -27,11 +27,12 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_consume(args) -> int:
+    from metrics.events import PrometheusEvents  # records into PROMETHEUS_MULTIPROC_DIR when one is set
     from worker import service
 
     settings = _settings(args)
     logs.configure(settings.log_level, worker=settings.name)
-    code = service.run(settings)  # one process, no metrics endpoint: nothing to record into
+    code = service.run(settings, events=PrometheusEvents())
     _exit_now(code)
 
 

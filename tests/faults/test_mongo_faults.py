@@ -56,7 +56,7 @@ def test_mongo_writes_failing_for_30s_retry_through_the_delay_queues_and_store_o
 
     admin = mongo.client().admin
     fail_point = {"configureFailPoint": "failCommand", "mode": "alwaysOn",
-                  "data": {"failCommands": ["insert", "update"], "errorCode": 91, "appName": "report-worker"}}
+                  "data": {"failCommands": ["findAndModify", "update"], "errorCode": 91, "appName": "report-worker"}}
     try:
         admin.command(fail_point)
         failing_since = time.monotonic()
