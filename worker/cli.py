@@ -115,6 +115,22 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_schema(args) -> int:
+    from pathlib import Path
+
+    from worker import contract
+
+    if args.write:
+        for name in contract.MODELS:
+            (Path(args.write) / f"{name}.json").write_text(contract.schema_text(name), encoding="utf-8")
+        return 0
+    if not args.name:
+        print("report-worker schema: name request, response or report (or --write DIR)", file=sys.stderr)
+        return exitcodes.CONFIG
+    sys.stdout.write(contract.schema_text(args.name))
+    return 0
+
+
 def cmd_fake_llm(args) -> int:
     from worker import fakellm  # test and demo tooling: imported only for this command
 
@@ -174,6 +190,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--request", action="store_true", help="look the report up by request_id")
     p.add_argument("--json", action="store_true", help="the whole stored document as JSON")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the request, the response or the stored report")
+    p.add_argument("name", nargs="?", choices=("request", "response", "report"))
+    p.add_argument("--write", metavar="DIR", help="write all three as DIR/<name>.json (docs/schemas)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("fake-llm", add_help=False, help="serve an OpenAI-compatible fake LLM for tests and demos "
                        "(report-worker fake-llm --help lists its options)")
