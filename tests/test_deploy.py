@@ -201,7 +201,7 @@ def test_run_works_under_the_units_process_and_memory_restrictions(env, broker, 
         responses = broker.responses(4, timeout=60)
         assert {r["request_id"] for r in responses} == {r["request_id"] for r in requests}
         assert {r["status"] for r in responses} == {"success"}
-        assert "recycle_requested" in events(output()), output()[-3000:]
+        wait_for(lambda: "recycle_requested" in events(output()), 10, message=output()[-3000:])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, output()[-3000:]
         assert "child_crashed" not in events(output())

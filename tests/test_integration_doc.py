@@ -182,8 +182,6 @@ def test_the_backend_example_of_the_doc_gets_its_report_from_a_signing_worker(co
     assert db.medical_reports.count_documents({"report_id": response["report_id"], "user_id": "1001"}) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="RabbitMQ returns a mandatory publish to a direct reply-to address as "
-                   "unroutable although it delivered it; the settler then publishes a copy to the response queue")
 @pytest.mark.timeout(90)
 def test_a_direct_reply_to_response_is_not_copied_to_the_response_queue(consumer, broker, db, env, names):
     run_backend_example(consumer, env)

@@ -220,8 +220,9 @@ def test_a_bug_in_handling_dead_letters_through_the_same_code():
     broken = delivery(sample_request(request_id="r-10"))
     broken.properties.content_type = object()  # validate() raises AttributeError: a crash outside the pipeline
     crashed = handle(broken, pipeline, SETTINGS)
-    assert crashed.outcome == "failed" and routes(crashed) == ["dead"]
-    assert crashed.publishes[0].properties.headers["x-death-reason"] == "crash"
+    assert crashed.outcome == "failed" and routes(crashed) == ["resp", "dead"]  # the ids could be read
+    assert crashed.publishes[1].properties.headers["x-death-reason"] == "crash"
+    assert json.loads(crashed.publishes[0].body)["error_code"] == "internal_error"
 
 
 def test_in_progress_is_transient():

@@ -137,6 +137,9 @@ class StoredReport(BaseModel):
 
     report_id: str = Field(description="a UUID; the response's report_id")
     request_id: str = Field(description="unique: one report per request_id")
+    status: Literal["done"] = Field(description="a stored report is done; while a report is "
+                                    "being generated its request_id holds a claim stub (status generating, "
+                                    "no content), see docs/INTEGRATION.md")
     user_id: str
     input_sha256: str = Field(pattern="^[0-9a-f]{64}$", description="SHA-256 of the canonical JSON of "
                               "report_data.input (sorted keys, no spaces, UTF-8)")

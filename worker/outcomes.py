@@ -92,10 +92,10 @@ def retry_state(delivery: Delivery, settings: Settings) -> tuple[int, str]:
     queue = last.get("queue")
     queue = queue.decode("utf-8", "replace") if isinstance(queue, bytes) else queue
     attempt, claim = delivery.attempt, delivery.header(CLAIM_HEADER) or ""
-    if queue in {settings.retry_queue(delay) for delay in settings.retry_delays} and claim and (
+    if queue in {settings.retry_queue(delay) for delay in settings.retry_delays} and (
             not settings.request_signing_key or hmac.compare_digest(
                 retry_signature(settings, delivery.body, attempt, claim), delivery.header(RETRY_SIGNATURE) or "")):
-        return attempt, claim
+        return attempt, claim or uuid.uuid4().hex
     return 1, uuid.uuid4().hex
 
 

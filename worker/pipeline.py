@@ -31,6 +31,7 @@ def report_document(request: ReportGenerationRequest, generated: GeneratedReport
     return {
         "report_id": "",                                 # the claim's
         "request_id": request.request_id,
+        "status": "done",
         "user_id": request.user_id,
         "input_sha256": digest,
         "report_data": {
