@@ -92,7 +92,7 @@ def test_both_units_share_the_same_service_settings():
     template_lines = service_lines(UNITS[1])
     assert "ExecStart=/opt/report-worker/venv/bin/report-worker run --config /etc/report-worker/%i.toml" in template_lines
     assert "EnvironmentFile=-/etc/report-worker/%i.env" in template_lines
-    assert "RuntimeDirectory=report-worker/%i" in template_lines
+    assert "RuntimeDirectory=report-worker-%i" in template_lines  # not inside report-worker.service's directory
 
 
 @pytest.mark.timeout(10)

@@ -270,3 +270,19 @@ def test_worker_consumes_again_after_the_broker_cancels_its_consumer(consumer, b
     [response] = broker.responses(1)
     assert response["status"] == "success"
     assert "cancelled" in worker.events("broker_connection_lost")[0]["error"]
+
+
+@pytest.mark.timeout(60)
+def test_with_input_caching_off_redis_holds_no_patient_input(consumer, broker, db, cache, names):
+    consumer(REDIS_CACHE_INPUT="false")
+    request = sample_request(user_id="u-nocache")
+    broker.publish(request)
+    [response] = broker.responses(1)
+    assert response["status"] == "success"
+    prefix = names["REDIS_KEY_PREFIX"]
+    assert cache.get(f"{prefix}input:u-nocache") is None
+    cached = json.loads(cache.get(f"{prefix}report:{response['report_id']}"))
+    assert "input" not in cached["report_data"] and cached["report_id"] == response["report_id"]
+    stored = db.medical_reports.find_one({"report_id": response["report_id"]})
+    assert stored["report_data"]["input"]["patient"] == request["patient"]   # MongoDB keeps the audit trail
+    assert db.users.count_documents({"user_id": "u-nocache"}) == 1

@@ -84,3 +84,15 @@ def test_no_patient_value_appears_in_the_parent_logs_or_the_scrape(spawn, env, b
         assert value not in scrape, f"{value!r} appears in the scrape"
     for value in PHI:
         assert value not in parent.output(), f"{value!r} leaked into the logs"
+
+
+@pytest.mark.timeout(60)
+def test_pika_never_logs_the_body_of_a_returned_message(consumer, broker, names):
+    worker = consumer(REPLY_TO_ALLOWED=f"{names['RABBITMQ_RESPONSE_QUEUE']},gone-*")
+    request = sample_request(user_id="Returnedbody-Marker-4711")     # in the response's body, which is returned
+    broker.publish(request, reply_to="gone-queue-of-a-backend")   # no such queue: the broker returns it
+    [response] = broker.responses(1)                              # ... and the fallback answers
+    assert response["status"] == "success"
+    output = worker.output()
+    assert "Published message was returned" in output               # pika did log the return
+    assert "Returnedbody-Marker-4711" not in output and "body_prefix" not in output

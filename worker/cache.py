@@ -13,11 +13,15 @@ log = EventLog(__name__)
 
 
 class Cache:
-    """Keys `input:{user_id}` and `report:{report_id}`, behind an optional prefix."""
+    """Keys `input:{user_id}` and `report:{report_id}`, behind an optional prefix.
+
+    With `cache_input` off (REDIS_CACHE_INPUT=false, for sites that keep no patient input in Redis) there
+    is no `input:` key and the cached report leaves out `report_data.input`."""
 
     def __init__(self, client: redis.Redis, prefix: str, input_ttl: int, report_ttl: int,
-                 events: Events = NO_EVENTS, pause_after_error: float = 2.0):
+                 events: Events = NO_EVENTS, pause_after_error: float = 2.0, cache_input: bool = True):
         self.client = client
+        self.cache_input = cache_input
         self.events = events
         self.prefix = prefix
         self.input_ttl = input_ttl
@@ -33,6 +37,8 @@ class Cache:
 
     def swap_input(self, user_id: str, request: dict[str, Any]) -> dict | None:
         """Cache this input and return the previous one, in one round trip (SET ... GET, Redis >= 6.2)."""
+        if not self.cache_input:
+            return None
         raw = self._call("input", "set", self.prefix + f"input:{user_id}", json.dumps(request),
                          ex=self.input_ttl, get=True)
         if raw is None:
@@ -43,6 +49,8 @@ class Cache:
             return None
 
     def remember_report(self, report_id: str, report: dict[str, Any]) -> None:
+        if not self.cache_input and "input" in report.get("report_data", {}):
+            report = {**report, "report_data": {k: v for k, v in report["report_data"].items() if k != "input"}}
         self._call("report", "set", self.prefix + f"report:{report_id}", json.dumps(report, default=_iso), ex=self.report_ttl)
 
     def _call(self, cache: str, command: str, *args, **kwargs):

@@ -27,7 +27,7 @@ def redis_client(settings: Settings, timeout: float = 1.0) -> redis.Redis:
 
 def cache(settings: Settings, events: Events = NO_EVENTS) -> Cache:
     return Cache(redis_client(settings), settings.redis_key_prefix, settings.redis_cache_ttl,
-                 settings.report_cache_ttl, events)
+                 settings.report_cache_ttl, events, cache_input=settings.redis_cache_input)
 
 
 def writer(settings: Settings, events: Events = NO_EVENTS, timeout: float | None = None,

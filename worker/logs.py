@@ -31,11 +31,25 @@ def configure(level: str = "INFO", **identity: object) -> None:
     _identity.update({k: v for k, v in identity.items() if v is not None})
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(NO_BODIES)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries (pika, httpx, pymongo...) speak only when it matters
     for ours in OUR_PACKAGES:
         logging.getLogger(ours).setLevel(level)
+
+
+class _NoBodies(logging.Filter):
+    """pika logs a returned message with its properties and the first 255 bytes of its body (patient data)
+    at WARNING; keep the line, drop what the message held."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pika") and str(record.msg).startswith("Published message was returned"):
+            record.msg, record.args = "Published message was returned (its properties and body are not logged)", ()
+        return True
+
+
+NO_BODIES = _NoBodies()
 
 
 class EventLog:

@@ -36,6 +36,7 @@ class Settings:
     redis_url: str = _setting("REDIS_URL", "redis://localhost:6379/0", _scheme("redis", "rediss", "unix"))
     redis_key_prefix: str = _setting("REDIS_KEY_PREFIX", "")
     redis_cache_ttl: int = _setting("REDIS_CACHE_TTL", 3600, _positive)
+    redis_cache_input: bool = _setting("REDIS_CACHE_INPUT", True)  # false: no patient input in Redis
     report_cache_ttl: int = _setting("REPORT_CACHE_TTL", 86400, _positive)
     mongodb_url: str = _setting("MONGODB_URL", "mongodb://localhost:27017", _scheme("mongodb", "mongodb+srv"))
     mongodb_database: str = _setting("MONGODB_DATABASE", "report_worker")
