@@ -71,9 +71,10 @@ def test_summary_counts_rates_unknown_cost_and_surprises():
                           [{**checks[1], "numbers": "number_mismatch"}] * 2)]
     summary = summarize(results)
     assert summary["checks"] == {"answer": 1.0, "sections": 1.0, "safety": 0.75, "citations": 1.0, "numbers": 0.5}
-    assert summary["calls"] == 4 and summary["repairs"] == 2 and summary["cost_usd"] is None
+    assert summary["calls"] == 4 and summary["repairs"] == 2 and summary["cost_usd"] == 0.002
+    assert summary["cases_without_cost"] == 1
     assert summary["outcomes_as_expected"] == 0.5 and summary["categories_as_expected"] == 0.5
     text = format_summary(summary)
-    assert "cost: unknown" in text
+    assert "cost: $0.0020 (+ 1 cases without a cost" in text
     assert "UNEXPECTED y: expected success, got number_mismatch; categories ['cholesterol'] (expected ['diabetes'])" \
         in text

@@ -131,6 +131,16 @@ def cmd_schema(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from worker import evalrun
+
+    overrides = {"openai_model": args.model} if args.model else {}
+    settings = load(config_file=args.config, overrides=overrides)
+    logs.configure("ERROR")  # the summary is the output; the gate's refusals are counted in it
+    return evalrun.run(settings, args.cases, args.kb, include_fake=not args.real_only, out=sys.stdout,
+                       as_json=args.json)
+
+
 def cmd_fake_llm(args) -> int:
     from worker import fakellm  # test and demo tooling: imported only for this command
 
@@ -196,6 +206,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--write", metavar="DIR", help="write all three as DIR/<name>.json (docs/schemas)")
     p.set_defaults(func=cmd_schema)
 
+    p = sub.add_parser("eval", parents=[common], help="run the evaluation set through the configured LLM and the "
+                       "report checks; print pass rates, calls and cost")
+    p.add_argument("--model", help="the model to evaluate (default: OPENAI_MODEL)")
+    p.add_argument("--cases", metavar="DIR", help="directory of cases (default: tests/data/eval of the checkout)")
+    p.add_argument("--kb", metavar="FILE", help="knowledge base JSON (default: the bundled sample)")
+    p.add_argument("--real-only", action="store_true", help="leave out the cases that need the fake LLM's bad modes")
+    p.add_argument("--json", action="store_true", help="the summary as JSON")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("fake-llm", add_help=False, help="serve an OpenAI-compatible fake LLM for tests and demos "
                        "(report-worker fake-llm --help lists its options)")
     p.add_argument("options", nargs=argparse.REMAINDER)
@@ -212,7 +231,12 @@ def _exit_now(code: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    top = parser()
+    args, extra = top.parse_known_args(argv)
+    if args.command == "fake-llm":  # its own options are parsed by worker.fakellm, imported only then
+        args.options = [*extra, *args.options]
+    elif extra:
+        top.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except SettingsError as exc:

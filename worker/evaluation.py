@@ -90,7 +90,8 @@ def summarize(results: list[CaseResult]) -> dict[str, Any]:
         "checks": {name: (passed[name] / judged[name] if judged[name] else None) for name in CHECKS},
         "calls": sum(r.calls for r in results),
         "repairs": sum(max(0, r.calls - 1) for r in results),
-        "cost_usd": None if any(cost is None for cost in costs) else round(sum(costs), 6),
+        "cost_usd": round(sum(cost for cost in costs if cost is not None), 6),
+        "cases_without_cost": sum(cost is None for cost in costs),   # no usage reported, or a model without a price
         "unexpected": [{"case": r.case.name, "expected": r.case.outcome, "outcome": r.outcome,
                         "categories": r.categories, "expected_categories": r.case.categories}
                        for r in results if not (r.outcome_ok and r.categories_ok)],
@@ -107,8 +108,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         f"categories as expected: {percent(summary['categories_as_expected'])}",
         "checks passed (per answer): "
         + "  ".join(f"{name} {percent(rate)}" for name, rate in summary["checks"].items()),
-        f"LLM calls: {summary['calls']} (repairs: {summary['repairs']})  cost: "
-        + ("unknown (a model without a price)" if summary["cost_usd"] is None else f"${summary['cost_usd']:.4f}"),
+        f"LLM calls: {summary['calls']} (repairs: {summary['repairs']})  cost: ${summary['cost_usd']:.4f}"
+        + (f" (+ {summary['cases_without_cost']} cases without a cost: no usage reported or no price)"
+           if summary.get("cases_without_cost") else ""),
     ]
     lines += [f"UNEXPECTED {item['case']}: expected {item['expected']}, got {item['outcome']}"
               + ("" if item["categories"] == item["expected_categories"] or item["outcome"] == "invalid_request"

@@ -89,12 +89,12 @@ class ReportWriter:
                                      max_retries=max_retries, http_client=http)
 
     def generate(self, request: ReportGenerationRequest, categories: Sequence[str],
-                 knowledge: Sequence[Mapping]) -> GeneratedReport:
+                 knowledge: Sequence[Mapping], on_answer=None) -> GeneratedReport:
         """One checked report for `request` on `categories`, citing only `knowledge` (numbered in this order).
 
         At most two calls: an answer the gate refuses is asked for once more with the reason; a second
         refusal is a PermanentError carrying the gate's code. API failures raise TransientError,
-        PermanentError or Paused."""
+        PermanentError or Paused. `on_answer(completion)`, if given, sees every answer (the eval scores them)."""
         messages = build_messages(request, knowledge, categories, patient_fields=self._patient_fields,
                                   structured=self._structured)
         answer_format = response_format(categories, knowledge, self._structured)
@@ -103,6 +103,8 @@ class ReportWriter:
         for _ in range(2):
             call = self._complete(messages, answer_format)
             calls.append(call)
+            if on_answer is not None:
+                on_answer(call)
             try:
                 verdict = review(call.text, categories=categories, knowledge=knowledge, request=request,
                                  refusal=call.refusal, finish_reason=call.finish_reason,
