@@ -12,7 +12,7 @@ from supervisor.heartbeat import Beat
 from supervisor.states import ALLOWED, PARENT_ALLOWED, Child, Parent, ParentState, State, change_state
 from tests.supervisor_fakes import FakeClock, FakeProcesses, make_settings
 from worker import exitcodes, lifecycle
-from worker.consumer import Status
+from worker.lifecycle import Status
 
 S = State
 

@@ -3,13 +3,13 @@
 import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 
 import pika
 from pika.exceptions import AMQPError, ChannelClosed, ConsumerCancelled
 
 from worker import exitcodes, frames, lifecycle
+from worker.lifecycle import Status
 from worker.broker import Backoff, connection_parameters, describe_error
 from worker.delivery import Delivery, Settlement
 from worker.events import NO_EVENTS, Events
@@ -24,18 +24,6 @@ log = EventLog(__name__)
 
 TICK_SECONDS = 0.5
 BLOCKED_AFTER = 1.0   # a confirm awaited this long (or a connection.blocked from the broker): phase "blocked"
-
-
-@dataclass(frozen=True)
-class Status:
-    """What the supervisor may know of a consumer: its phase, counts, and when its I/O loop last turned."""
-
-    phase: str          # connecting, consuming, blocked, paused, draining (worker.lifecycle's words)
-    settled: int        # deliveries settled since start
-    inflight: int       # deliveries received and not settled yet
-    ticked_at: float    # time.monotonic() of the I/O loop's last turn; it stops while a confirm is awaited
-    paused: tuple[str, ...] = ()   # why it takes no messages now (llm_unauthorized, budget_exhausted, ...)
-    node: str = ""      # host:port of the broker node of the current connection ("" when none)
 
 
 class Consumer:
@@ -69,6 +57,7 @@ class Consumer:
         self.channel = None
         self.consumer_tag: str | None = None
         self.pending: dict[int, Delivery] = {}
+        self.started: set[int] = set()   # delivery tags a pool thread took up (the I/O thread only reads it)
         self.settled = 0
         self.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="report")
 
@@ -190,10 +179,19 @@ class Consumer:
         self.cancelled_by_broker = True
 
     def _start_draining(self) -> None:
+        """Stop consuming; what has not started goes back to the queue now (another consumer takes it),
+        what runs may finish within GRACEFUL_TIMEOUT."""
         self.draining = True
         log.info("draining", inflight=len(self.pending), grace_seconds=self.settings.graceful_timeout)
-        if self.channel is not None and self.channel.is_open and self.consumer_tag:
+        if self.channel is None or not self.channel.is_open:
+            return
+        if self.consumer_tag:
             self.channel.basic_cancel(self.consumer_tag)
+        unstarted = [tag for tag in self.pending if tag not in self.started]  # a pool thread marks before it looks
+        for tag in unstarted:
+            self.channel.basic_nack(tag, requeue=True)
+            del self.pending[tag]
+        self.events.inflight_changed(len(self.pending))
 
     def _on_message(self, channel, method, properties, body) -> None:
         crashes = self.journal.crashes(body) if method.redelivered and self.journal else 0
@@ -212,6 +210,7 @@ class Consumer:
         if settlement.pause:
             self._pause(settlement.pause)
         del self.pending[delivery.tag]
+        self.started.discard(delivery.tag)
         self.settled += 1
         self.events.inflight_changed(len(self.pending))
 
@@ -229,6 +228,7 @@ class Consumer:
         if self.pending:
             log.info("deliveries_returned_to_broker", count=len(self.pending))
         self.pending.clear()
+        self.started.clear()   # the next channel numbers its deliveries from 1 again
         self.events.inflight_changed(0)
         self.channel = None
         if self.connection is not None and self.connection.is_open:
@@ -276,6 +276,7 @@ class Consumer:
             self.pauses.probing = False  # reconnecting: the next turn probes again
 
     def _work(self, delivery: Delivery) -> None:
+        self.started.add(delivery.tag)
         if delivery.channel is not self.channel:
             return  # its channel is gone: the broker has requeued it, do not spend an LLM call on it
         if self.draining or self.pauses:

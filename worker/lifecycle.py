@@ -1,10 +1,12 @@
-"""The words of a child's life, shared by the child, the parent and the metrics. Imports nothing.
+"""The words of a child's life, shared by the child, the parent and the metrics. Imports nothing of ours.
 
 Phases are what a child's heartbeat says it is doing: the consumer's `status().phase`, plus STARTING,
 which the parent writes before the child runs. Reasons say why a child left or was replaced: the
 `reason` of the parent's log lines and of report_worker_child_restarts_total, and the names of the
 exit codes in worker/exitcodes.py. Dashboards and alerts match these strings: keep them.
 """
+
+from dataclasses import dataclass
 
 # -- phases (heartbeat) --------------------------------------------------------------------------
 STARTING = "starting"       # forked, opening its clients (MongoDB first)
@@ -46,3 +48,15 @@ def signal_reason(signum: int) -> str:
 
 def exit_reason(code: int) -> str:
     return f"exit_{code}"
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the supervisor may know of a consumer: its phase, counts, and when its I/O loop last turned."""
+
+    phase: str          # connecting, consuming, blocked, paused, draining (the phases above)
+    settled: int        # deliveries settled since start
+    inflight: int       # deliveries received and not settled yet
+    ticked_at: float    # time.monotonic() of the I/O loop's last turn; it stops while a confirm is awaited
+    paused: tuple[str, ...] = ()   # why it takes no messages now (llm_unauthorized, budget_exhausted, ...)
+    node: str = ""      # host:port of the broker node of the current connection ("" when none)

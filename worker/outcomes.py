@@ -168,13 +168,15 @@ def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome:
         "x-failed-at": datetime.now(timezone.utc).isoformat(),
         "x-worker": settings.name,
     }
-    publishes = [Publish(settings.dlq, delivery.body, delivery.copy_properties(**headers))]
-    if request_id:
-        failed = ReportGenerationResponse(request_id=request_id, user_id=user_id, status="failed", error_code=code,
-                                          retryable=retryable(code),
-                                          error_message=getattr(exc, "public", "") or describe(code))
-        publishes.insert(0, respond(delivery, settings, failed))
-    return Settlement(tuple(publishes), outcome=outcome)
+    dead_letter = Settlement((Publish(settings.dlq, delivery.body, delivery.copy_properties(**headers)),),
+                             outcome=outcome)
+    if not request_id:
+        return dead_letter
+    failed = ReportGenerationResponse(request_id=request_id, user_id=user_id, status="failed", error_code=code,
+                                      retryable=retryable(code), error_message=getattr(exc, "public", "") or describe(code))
+    # a response nobody takes (the response queue full and refusing) must not keep the message from the DLQ
+    return Settlement((respond(delivery, settings, failed), *dead_letter.publishes), outcome=outcome,
+                      otherwise=dead_letter)
 
 
 def _reason(exc: BaseException) -> str:
