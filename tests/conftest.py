@@ -14,12 +14,10 @@ import pika
 import pytest
 import redis
 
-from tests.services import MongoServer, queues_of, wait_for
+from tests.services import RABBITMQ_URL, REDIS_URL, MongoServer, free_port, queues_of, wait_for  # noqa: F401
 from worker.fakellm import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
-RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
@@ -275,3 +273,60 @@ def consumer(spawn, env):
         return worker
 
     return start
+
+
+@pytest.fixture
+def supervisor(spawn, env):
+    """start(*args, **env) runs `report-worker run ARGS` with its own metrics port and worker name, and waits
+    until every child consumes (READY) unless wait_ready=False; returns a tests.harness.Parent."""
+    from tests.harness import Parent
+
+    def start(*args: str, wait_ready: bool = True, **overrides) -> Parent:
+        run_env = {**env, "METRICS_PORT": str(free_port()), "WORKER_NAME": f"run-{uuid.uuid4().hex[:8]}",
+                   **{k: str(v) for k, v in overrides.items()}}
+        process = Parent(spawn(["run", *args], run_env), int(run_env["METRICS_PORT"]))
+        if wait_ready:
+            process.wait_event("ready", timeout=60)
+        return process
+
+    return start
+
+
+# -- the metrics tests' fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(env):
+    """This test's settings, as a worker of it would load them."""
+    from worker import settings as settings_module
+
+    return settings_module.load(environ=env)
+
+
+@pytest.fixture
+def endpoint(tmp_path, settings):
+    """start(alive, consuming, checks, parent) -> a running MetricsServer over a populated directory."""
+    from metrics.multiprocess import MetricsDirectory
+    from metrics.probes import Probes
+    from metrics.server import MetricsServer, build_registry
+    from tests.metricskit import fork_scenario
+
+    servers = []
+
+    def start(alive=lambda: 1, consuming=lambda: 1, checks=None, parent=None, timeout=2.0):
+        directory = MetricsDirectory(str(tmp_path / "prom"))
+        if not os.path.isdir(directory.path):
+            fork_scenario("populate", directory.path)
+        probes = Probes(alive, consuming, checks or {}, timeout=timeout, cache_seconds=0.5)
+        collectors = [directory] + ([parent] if parent else [])
+        server = MetricsServer(build_registry(*collectors), probes, "127.0.0.1", 0).start()
+        server.url = f"http://127.0.0.1:{server.port}"
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+# -- multiprocess directory -------------------------------------------------------------------------

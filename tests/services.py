@@ -23,6 +23,8 @@ import pymongo
 import pymongo.errors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SERVICES_SCRIPT = REPO_ROOT / "scripts" / "services.sh"
 
 START_TIMEOUT = 30.0

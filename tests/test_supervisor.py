@@ -1,6 +1,5 @@
 """`report-worker run`: the prefork parent and its children, as real processes on real services."""
 
-import datetime
 import os
 import shutil
 import signal
@@ -13,48 +12,9 @@ import psutil
 import pytest
 
 from tests.conftest import sample_request
+from tests.harness import gone, log_time
 from tests.services import wait_for
 from worker import exitcodes
-
-
-@pytest.fixture
-def supervisor(spawn, env):
-    """start(*args, **env) runs `report-worker run ARGS` and waits until every child consumes (READY)."""
-
-    def start(*args: str, wait_ready: bool = True, **overrides) -> "Supervisor":
-        process = spawn(["run", *args], {**env, **{k: str(v) for k, v in overrides.items()}})
-        parent = Supervisor(process)
-        if wait_ready:
-            process.wait_event("ready", timeout=30)
-        return parent
-
-    return start
-
-
-class Supervisor:
-    """The parent's process plus what its log (children log to the same stdout) says."""
-
-    def __init__(self, process):
-        self.process = process
-
-    def __getattr__(self, name):
-        return getattr(self.process, name)
-
-    def spawned(self) -> list[dict]:
-        return self.events("child_spawned")
-
-
-def log_time(event: dict) -> float:
-    """The wall-clock time of a log line, as time.time() would say."""
-    stamp = datetime.datetime.strptime(event["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def watch_consumers(broker, queue: str, until, timeout: float) -> list[int]:

@@ -1,12 +1,10 @@
 """Fixtures of the fault-injection suite: `report-worker run` with its own metrics port, and the ledger."""
 
-import uuid
 
 import pytest
 
 from tests.faults.accounting import Ledger
-from tests.faults.harness import Parent
-from tests.services import free_port
+from tests.harness import Parent
 
 
 @pytest.fixture
@@ -28,18 +26,12 @@ def ledger(broker, db, names, env):
 
 
 @pytest.fixture
-def parent(spawn, env, ledger):
-    """start(*args, **env) runs `report-worker run ARGS` on a free metrics port and waits for READY."""
+def parent(supervisor, ledger):
+    """The `supervisor` harness (tests/conftest.py), telling the ledger of the delay queues it uses."""
 
     def start(*args: str, wait_ready: bool = True, **overrides) -> Parent:
-        # its own worker name: another suite closing "its" worker's connections by name must not hit ours
-        run_env = {**env, "METRICS_PORT": str(free_port()), "WORKER_NAME": f"faults-{uuid.uuid4().hex[:8]}",
-                   **{k: str(v) for k, v in overrides.items()}}
         if "RETRY_DELAYS" in overrides:
-            ledger.use_retry_delays(run_env["RETRY_DELAYS"])
-        process = Parent(spawn(["run", *args], run_env), int(run_env["METRICS_PORT"]))
-        if wait_ready:
-            process.wait_event("ready", timeout=60)
-        return process
+            ledger.use_retry_delays(str(overrides["RETRY_DELAYS"]))
+        return supervisor(*args, wait_ready=wait_ready, **overrides)
 
     return start

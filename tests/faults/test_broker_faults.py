@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from tests.conftest import sample_request
-from tests.faults.harness import log_time, rabbitmqctl, reconnect
+from tests.harness import log_time, rabbitmqctl, reconnect
 from tests.services import wait_for
 
 

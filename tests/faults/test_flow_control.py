@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from tests.conftest import sample_request
-from tests.faults.harness import rabbitmqctl
+from tests.harness import rabbitmqctl
 from tests.services import wait_for
 
 ALARM_SECONDS = 25.0

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import sample_request
-from tests.faults.harness import gone, log_time
+from tests.harness import gone, log_time
 from tests.services import wait_for
 
 

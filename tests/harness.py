@@ -1,4 +1,5 @@
-"""The parts a fault test drives: `report-worker run` as a real process, its /metrics, and rabbitmqctl."""
+"""Driving `report-worker run` in tests (the supervisor tests' and the fault suite's one harness): the parent
+as a real process and the metrics it serves, and broker chores (rabbitmqctl, reconnecting after a restart)."""
 
 import datetime
 import subprocess
@@ -9,12 +10,13 @@ import pika
 import pika.exceptions
 import psutil
 
-from tests.conftest import RABBITMQ_URL
+from tests.services import RABBITMQ_URL
 from tests.services import samples, wait_for
 
 
 class Parent:
-    """`report-worker run` (children log to the same stdout) and the metrics it serves on its port."""
+    """`report-worker run` (children log to the same stdout) and the metrics it serves on its port; the one
+    harness of the supervisor tests and the fault suite (the `supervisor` fixture of tests/conftest.py)."""
 
     def __init__(self, process, metrics_port: int):
         self.process = process
@@ -22,6 +24,9 @@ class Parent:
 
     def __getattr__(self, name):
         return getattr(self.process, name)
+
+    def spawned(self) -> list[dict]:
+        return self.events("child_spawned")
 
     def children(self) -> list[int]:
         """Pids of the live (not zombie) child processes."""
@@ -54,6 +59,7 @@ def _alive(pid: int) -> bool:
 
 
 def gone(pid: int) -> bool:
+    """The process has exited (a zombie not reaped yet counts as gone)."""
     return not _alive(pid)
 
 
