@@ -33,12 +33,15 @@ def encode(document) -> bytes:
     return json.dumps(document).encode()
 
 
-json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+# null in an optional field means "absent" and ids may be non-negative integers (the contract): not poison
+json_scalars = st.one_of(st.booleans(), st.integers(-10**6, 10**6),
                          st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20))
 not_object = st.one_of(json_scalars, st.lists(st.integers(), max_size=3))
 not_list = st.one_of(json_scalars, st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
-not_string = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+not_string = st.one_of(st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False),
                        st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+not_an_id = st.one_of(st.none(), st.booleans(), st.integers(max_value=-1), st.floats(allow_nan=False, allow_infinity=False),
+                      st.lists(st.text(max_size=3), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 bad_id_string = st.one_of(st.just(""), st.text(alphabet=" /#$%?&*\u00e9\u2713", min_size=1, max_size=12),
                           st.integers(129, 20_000).map(lambda n: "a" * n))  # pattern: 1-128 of [A-Za-z0-9._:@-]
 
@@ -50,13 +53,13 @@ wrong_types = st.one_of(
           ("labs", st.one_of(not_list, st.lists(not_object, min_size=1, max_size=3))),
           ("plan", st.one_of(not_list, st.lists(st.one_of(st.integers(), st.none(), st.booleans()), min_size=1))),
           ("red_flags", not_list), ("resources_table", not_list), ("disclaimer", not_string)]],
-    st.builds(lambda value: encode({**TEMPLATE, "request_id": value}), st.one_of(not_string, bad_id_string)),
-    st.builds(lambda rid, value: encode(request_with(rid, user_id=value)), ids, st.one_of(not_string, bad_id_string)),
+    st.builds(lambda value: encode({**TEMPLATE, "request_id": value}), st.one_of(not_an_id, bad_id_string)),
+    st.builds(lambda rid, value: encode(request_with(rid, user_id=value)), ids, st.one_of(not_an_id, bad_id_string)),
 ).map(lambda body: ("wrong_types", body, {}))
 
 missing_ids = st.builds(
     lambda rid, dropped: encode({k: v for k, v in request_with(rid).items() if k not in dropped}),
-    ids, st.sampled_from([("request_id",), ("user_id",), ("request_id", "user_id"), ("patient",)]),
+    ids, st.sampled_from([("request_id",), ("user_id",), ("request_id", "user_id")]),  # patient is optional
 ).map(lambda body: ("missing_ids", body, {}))
 
 not_json_text = st.text(alphabet=st.characters(codec="utf-8", exclude_characters=" \t\n\r"), min_size=1, max_size=40)
