@@ -1,4 +1,4 @@
-"""A parent that forks real children recording metrics, run by tests/test_metrics.py in a fresh interpreter.
+"""A parent that forks real children recording metrics, run by the metrics tests in a fresh interpreter.
 
 A fresh interpreter because prometheus_client picks multiprocess mode at import, and pytest has long
 imported it in single-process mode. Usage: python -m tests.metrics_fork SCENARIO DIR [ARGS...];

@@ -56,7 +56,7 @@ def test_every_alert_has_a_unit_test_that_fires_it():
 
 @pytest.mark.timeout(30)
 def test_rules_query_only_metrics_that_exist(env):
-    from tests.test_metrics import expression_metrics, known_series
+    from tests.metricskit import expression_metrics, known_series
     from worker.settings import load
 
     known = known_series(load(environ=env))

@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from metrics import definitions
 from metrics.multiprocess import MetricsDirectory
-from metrics.parent import NAMES as PARENT_NAMES, ParentMetrics
+from metrics.parent import ParentMetrics
 from metrics.queues import QueuePoller
 from tests.conftest import ROOT, sample_request
 from tests.services import free_port, wait_for
 from worker import settings as settings_module
-from tests.metricskit import ALLOWED_LABELS, get, series
-
-
-def child_metrics():
-    return [m for m in vars(definitions).values() if hasattr(m, "_labelnames") and hasattr(m, "_type")]
+from tests.metricskit import ALLOWED_LABELS, child_metrics, expression_metrics, get, known_series, series
 
 
 @pytest.mark.timeout(30)
@@ -77,26 +72,6 @@ def test_metrics_port_and_bind_settings(env):
     assert (s.metrics_port, s.metrics_bind) == (0, "0.0.0.0")
     with pytest.raises(settings_module.SettingsError, match="METRICS_PORT"):
         settings_module.load(environ={**env, "METRICS_PORT": "70000"})
-
-
-def known_series(settings) -> set[str]:
-    """Every series name /metrics can show: children's definitions and the parent's families."""
-    names = set()
-    for metric in child_metrics():
-        base = metric._name
-        names |= {"counter": {base + "_total"}, "gauge": {base},
-                  "histogram": {base + "_bucket", base + "_sum", base + "_count"}}[metric._type]
-    parent = ParentMetrics(settings, poller=QueuePoller(settings))
-    parent.poller.snapshot = lambda: {"request": (0, 0)}
-    parent.poller.age = lambda: 1.0
-    for family in parent.collect():
-        names.add(family.name + ("_total" if family.type == "counter" else ""))
-    assert {n.removesuffix("_total") for n in names} >= set(PARENT_NAMES)
-    return names
-
-
-def expression_metrics(expr: str) -> set[str]:
-    return set(re.findall(r"\b(report_worker_[a-z_]+)", expr))
 
 
 @pytest.mark.timeout(30)
