@@ -1,6 +1,7 @@
 """Claims belong to live owners: the report document under a lease, renewed while its owner works."""
 
 import signal
+import threading
 import time
 from datetime import timedelta
 
@@ -34,6 +35,24 @@ def test_claim_complete_and_duplicates_on_a_real_server(claims):
     assert stored["status"] == "done" and "owner" not in claims.reports.find_one({"request_id": "r-1"})
     done = claims.claim("r-1", "u-1", "d" * 64, "report-4", owner="c")
     assert done.state == "done" and done.document["x"] == 1 if "x" in done.document else done.state == "done"
+
+
+def test_concurrent_first_copies_give_exactly_one_owner(claims):
+    """8 copies claim at once, 20 times: one owner each time (the stand-in's upsert race is covered too)."""
+    for trial in range(20):
+        barrier = threading.Barrier(8)
+        states: list[str] = []
+
+        def claim(owner: str) -> None:
+            barrier.wait()
+            states.append(claims.claim(f"race-{trial}", "u", "d" * 64, f"p-{owner}", owner=owner).state)
+
+        threads = [threading.Thread(target=claim, args=(f"o{i}",)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(states) == ["busy"] * 7 + ["ours"], (trial, states)
 
 
 def test_a_lapsed_lease_is_taken_over_and_a_renewed_one_is_not(claims):

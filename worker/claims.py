@@ -3,7 +3,8 @@
 One document per request_id (unique index) carries the whole story, so the normal path of a new request
 costs two MongoDB round trips (claim, complete) and a duplicate one (the claim finds the report):
 
-    claim    find_one_and_update(upsert) -> nothing there: ours, a stub {status: generating, owner, lease_until}
+    claim    find_one_and_update(upsert, the document after) -> the stub with our owner token: ours
+                                         (nothing was there: {status: generating, owner, lease_until})
                                          -> done: answer with its report_id (after the conflict check)
                                          -> generating under a live lease: busy (InProgress)
                                          -> generating, lease lapsed or our own token: take it over
@@ -57,18 +58,21 @@ class Claims:
                 "status": GENERATING, "owner": owner, "lease_until": stamp + timedelta(seconds=self.lease_seconds),
                 "created_at": stamp}
         with transient_on_failure("claim request"):
+            found = None
             for _ in range(2):  # two first copies may race on the unique index; the loser reads the winner
                 try:
                     found = self.reports.find_one_and_update(
                         {"request_id": request_id}, {"$setOnInsert": stub}, upsert=True,
-                        projection=CLAIM_FIELDS, return_document=ReturnDocument.BEFORE)
+                        projection=CLAIM_FIELDS, return_document=ReturnDocument.AFTER)
                     break
                 except DuplicateKeyError:
                     continue
-            else:
-                raise TransientError(f"could not claim request {request_id}: the unique index kept refusing")
+            if found is None:  # MongoDB returns the document; a stand-in may not under concurrent upserts
+                found = self.reports.find_one({"request_id": request_id}, CLAIM_FIELDS)
             if found is None:
-                return Claim("ours", stub)
+                raise TransientError(f"could not claim request {request_id}: it is neither inserted nor found")
+            if found.get("status") == GENERATING and found.get("owner") == owner:
+                return Claim("ours", found)   # we inserted it (the $setOnInsert applied), or our own retry
             if found.get("status", DONE) != GENERATING:
                 return Claim("done", found)
             if found.get("owner") != owner and found.get("lease_until") and found["lease_until"] > stamp:
@@ -79,7 +83,7 @@ class Claims:
                 projection=CLAIM_FIELDS, return_document=ReturnDocument.AFTER)
             if taken is None:
                 return Claim("busy", found)  # someone else took it over a moment ago
-            log.info("claim_taken_over", request_id=request_id, lapsed=found.get("owner") != owner)
+            log.info("claim_taken_over", request_id=request_id)  # its owner stopped renewing: it died
             return Claim("ours", taken)
 
     def complete(self, report: dict, owner: str) -> dict:
