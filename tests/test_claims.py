@@ -45,7 +45,7 @@ def test_concurrent_first_copies_give_exactly_one_owner(claims):
 
         def claim(owner: str) -> None:
             barrier.wait()
-            states.append(claims.claim(f"race-{trial}", "u", "d" * 64, f"p-{owner}", owner=owner).state)
+            states.append(claims.claim(f"race-{trial}", "u", "d" * 64, f"p-{trial}-{owner}", owner=owner).state)
 
         threads = [threading.Thread(target=claim, args=(f"o{i}",)) for i in range(8)]
         for thread in threads:

@@ -59,17 +59,18 @@ class Claims:
                 "created_at": stamp}
         with transient_on_failure("claim request"):
             found = None
-            for _ in range(2):  # two first copies may race on the unique index; the loser reads the winner
+            for _ in range(3):  # first copies may race on the unique index: the losers read the winner
                 try:
                     found = self.reports.find_one_and_update(
                         {"request_id": request_id}, {"$setOnInsert": stub}, upsert=True,
                         projection=CLAIM_FIELDS, return_document=ReturnDocument.AFTER)
-                    break
                 except DuplicateKeyError:
-                    continue
-            if found is None:  # MongoDB returns the document; a stand-in may not under concurrent upserts
-                found = self.reports.find_one({"request_id": request_id}, CLAIM_FIELDS)
-            if found is None:
+                    pass
+                # MongoDB returns the document; the stand-in of our tests may return none under concurrent upserts
+                found = found or self.reports.find_one({"request_id": request_id}, CLAIM_FIELDS)
+                if found is not None:
+                    break
+            else:
                 raise TransientError(f"could not claim request {request_id}: it is neither inserted nor found")
             if found.get("status") == GENERATING and found.get("owner") == owner:
                 return Claim("ours", found)   # we inserted it (the $setOnInsert applied), or our own retry
