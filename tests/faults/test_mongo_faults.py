@@ -21,7 +21,7 @@ RETRY = {"RETRY_DELAYS": "1,2,4", "MAX_RETRIES": "30"}
 def insert_failures(run) -> Counter:
     """Per request: attempts that failed while storing the report, i.e. after their LLM call."""
     return Counter(e["request_id"] for e in run.events("retry_scheduled")
-                   if e["error"].startswith("mongodb insert report"))
+                   if e["error"].startswith("mongodb store report"))
 
 
 def assert_no_llm_call_for_a_stored_report(llm, run, requests) -> None:
