@@ -18,7 +18,10 @@ from tests.services import wait_for
 def test_a_child_killed_every_2s_while_500_requests_flow_loses_nothing(parent, ledger, llm):
     llm.configure(latency=0.3)
     # 2 kills a minute would already trip the default restart limit (10 per 60 s): these kills are wanted.
-    run = parent("--processes", "2", "--threads", "4", RESTART_LIMIT="1000")
+    # Every kill also makes the messages in flight poison suspects (tests/faults/test_poison_crash.py); a
+    # storm of deliberate kills every 2 s hits some of them three times, which would dead-letter them as
+    # crashed_worker: this test is about redelivery, so the poison limit is out of its way.
+    run = parent("--processes", "2", "--threads", "4", RESTART_LIMIT="1000", POISON_CRASH_LIMIT="1000")
     for i in range(500):
         ledger.publish(sample_request(user_id=f"user-{i % 25}"))
 
