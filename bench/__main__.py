@@ -97,6 +97,7 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
             machine.update(versions(urls, stack.mongodb_url))
         processes = stack.worker_processes()
         database = psutil.Process(stack.mongo.pid) if stack.mongo else None
+        background = psutil.cpu_percent(interval=1.0) / 100  # our stack idles: what everyone else uses
         others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes()}
         others_before = {name: cpu_seconds(procs) for name, procs in others.items()}
         machine_before = psutil.cpu_times()
@@ -132,6 +133,7 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
     result["llm_cpu_ms_per_report"] = round(others_used["llm"] * 1000 / answered, 3)
     result["broker_cpu_ms_per_report"] = round(others_used["broker"] * 1000 / answered, 3)
     result["machine_cpu_busy"] = round(machine_busy, 3)
+    result["background_cpu_busy"] = round(background, 3)
     return result
 
 

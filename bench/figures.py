@@ -136,11 +136,12 @@ def stage_line(figures: dict) -> str:
                            for k, m in means.items()) or "n/a"
     cpu = [f"{name} {figures[key]}" for name, key in (("db server", "db_cpu_ms_per_report"),
            ("fake llm", "llm_cpu_ms_per_report"), ("broker", "broker_cpu_ms_per_report")) if figures.get(key)]
-    busy = figures.get("machine_cpu_busy")
+    busy, background = figures.get("machine_cpu_busy"), figures.get("background_cpu_busy")
     db = figures.get("db_per_report") or {}
     trips = (f"\n    db per report: {db['crud']} CRUD round trips (insert {db['insert']}, query {db['query']}, "
              f"update {db['update']}, delete {db['delete']}), {db['command']} other commands, "
              f"{db['requests']} requests in all") if db else ""
     return (f"    stage shares: {stages}\n    stage ms per report (calls × mean ms): {per_report}{trips}"
             f"\n    other cpu ms/report: {', '.join(cpu) or 'n/a'}"
-            + (f"; machine cpu busy {busy:.0%}" if busy is not None else ""))
+            + (f"; machine cpu busy {busy:.0%}" if busy is not None else "")
+            + (f" (before the run, idle stack: {background:.0%})" if background is not None else ""))

@@ -25,18 +25,19 @@ TARGETS = (
 
 
 def pairs(results: list[dict]) -> list[dict]:
-    """Each report-worker row with the Celery row of the same round, L, N and number of slots."""
+    """Each report-worker row with a Celery row of the same round, L and N: the one with as many slots
+    (c = P·T) if there is one, else the first after it (a custom run with --peer C)."""
     found = []
-    for ours in (r for r in results if r["engine"] == "report-worker"):
-        for peer in results:
-            same = (peer["engine"] == "celery" and peer["round"] == ours["round"]
-                    and peer["latency"] == ours["latency"] and peer["requests"] == ours["requests"]
-                    and peer["threads"] == ours["processes"] * ours["threads"])
-            if same:
-                ratio = ours["reports_per_s"] / peer["reports_per_s"] if peer["reports_per_s"] else None
-                found.append({"round": ours["round"], "ours": ours, "celery": peer,
-                              "ratio": round(ratio, 3) if ratio else None})
-                break
+    for index, ours in enumerate(results):
+        if ours["engine"] != "report-worker":
+            continue
+        peers = [r for r in results[index + 1:] if r["engine"] == "celery" and r["round"] == ours["round"]
+                 and r["latency"] == ours["latency"] and r["requests"] == ours["requests"]]
+        peers.sort(key=lambda r: r["threads"] != ours["processes"] * ours["threads"])
+        if peers:
+            ratio = ours["reports_per_s"] / peers[0]["reports_per_s"] if peers[0]["reports_per_s"] else None
+            found.append({"round": ours["round"], "ours": ours, "celery": peers[0],
+                          "ratio": round(ratio, 3) if ratio else None})
     return found
 
 
@@ -47,7 +48,8 @@ def measured(target: Target, results: list[dict]) -> list[tuple[int, float]]:
                 and row["processes"] == target.processes and target.threads in (None, row["threads"]))
 
     if target.measure == "ratio":
-        return [(p["round"], p["ratio"]) for p in pairs(results) if applies(p["ours"]) and p["ratio"] is not None]
+        return [(p["round"], p["ratio"]) for p in pairs(results) if applies(p["ours"]) and p["ratio"] is not None
+                and p["celery"]["threads"] == p["ours"]["processes"] * p["ours"]["threads"]]
     return [(r["round"], r[target.measure]) for r in results if applies(r) and r.get(target.measure) is not None]
 
 
@@ -69,8 +71,9 @@ def summary(results: list[dict]) -> dict:
     return {"pairs": found, "targets": verdicts(results)}
 
 
-COMPARISON = [("round", 5), ("L", 4), ("N", 5), ("report-worker", 16), ("rep/s", 7), ("eff", 5), ("cpu ms", 6),
-              ("db ms", 6), ("celery", 16), ("rep/s", 7), ("eff", 5), ("cpu ms", 6), ("db ms", 6), ("ratio", 5)]
+COMPARISON = [("round", 5), ("L", 4), ("N", 5), ("report-worker", 13), ("rep/s", 7), ("eff", 5), ("cpu ms", 6),
+              ("db ms", 6), ("bg", 4), ("celery", 16), ("rep/s", 7), ("eff", 5), ("cpu ms", 6), ("db ms", 6),
+              ("bg", 4), ("ratio", 5)]
 
 
 def comparison_lines(results: list[dict]) -> list[str]:
@@ -78,17 +81,22 @@ def comparison_lines(results: list[dict]) -> list[str]:
     if not found:
         return []
     lines = ["report-worker beside Celery (same L, N, fake LLM; a fresh database each; ratio = report-worker / "
-             "Celery reports/s; cpu ms = worker processes' CPU per report, db ms = the database server's)",
+             "Celery reports/s; cpu ms = worker processes' CPU per report, db ms = the database server's; "
+             "bg = the machine's CPU busy just before the run, with our stack idle: other people's load)",
              " | ".join(name.ljust(width) for name, width in COMPARISON)]
     for p in found:
         ours, peer = p["ours"], p["celery"]
         cells = [p["round"], f"{ours['latency']:g}s", ours["requests"],
                  f"P={ours['processes']} T={ours['threads']}", ours["reports_per_s"], ours["efficiency"],
-                 ours["cpu_ms_per_report"], ours["db_cpu_ms_per_report"], f"threads c={peer['threads']}",
-                 peer["reports_per_s"], peer["efficiency"], peer["cpu_ms_per_report"], peer["db_cpu_ms_per_report"],
-                 p["ratio"]]
+                 ours["cpu_ms_per_report"], ours["db_cpu_ms_per_report"], _percent(ours.get("background_cpu_busy")),
+                 f"threads c={peer['threads']}", peer["reports_per_s"], peer["efficiency"], peer["cpu_ms_per_report"],
+                 peer["db_cpu_ms_per_report"], _percent(peer.get("background_cpu_busy")), p["ratio"]]
         lines.append(" | ".join(("-" if c is None else str(c)).ljust(w) for c, (_, w) in zip(cells, COMPARISON)))
     return lines
+
+
+def _percent(value: float | None) -> str | None:
+    return None if value is None else f"{value:.0%}"
 
 
 def target_lines(results: list[dict]) -> list[str]:
