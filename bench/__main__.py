@@ -1,11 +1,13 @@
 """`python -m bench --scenario NAME ...`: run configurations, print a table, write the raw figures as JSON."""
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pika
 import psutil
@@ -98,7 +100,7 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
         processes = stack.worker_processes()
         database = psutil.Process(stack.mongo.pid) if stack.mongo else None
         background = psutil.cpu_percent(interval=1.0) / 100  # our stack idles: what everyone else uses
-        others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes()}
+        others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes(urls["rabbitmq"])}
         others_before = {name: cpu_seconds(procs) for name, procs in others.items()}
         machine_before = psutil.cpu_times()
         cpu_before = cpu_seconds(processes)
@@ -137,9 +139,17 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
     return result
 
 
-def broker_processes() -> list[psutil.Process]:
-    """RabbitMQ's Erlang VM when it runs on this machine (for its CPU share), else nothing."""
-    return [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("beam.smp", "beam")]
+def broker_processes(url: str) -> list[psutil.Process]:
+    """The Erlang VM listening on the broker's port when it runs on this machine (for its CPU share), else
+    nothing; other RabbitMQ nodes on the machine (someone else's cluster) are not ours."""
+    port = urlsplit(url).port or 5672
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in ("beam.smp", "beam"):
+            with contextlib.suppress(psutil.Error):
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
+                    found.append(process)
+    return found
 
 
 def busy_fraction(before, after) -> float:
