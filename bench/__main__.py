@@ -99,10 +99,9 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
             machine.update(versions(urls, stack.mongodb_url))
         processes = stack.worker_processes()
         database = psutil.Process(stack.mongo.pid) if stack.mongo else None
-        background = psutil.cpu_percent(interval=1.0) / 100  # our stack idles: what everyone else uses
         others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes(urls["rabbitmq"])}
         others_before = {name: cpu_seconds(procs) for name, procs in others.items()}
-        machine_before = psutil.cpu_times()
+        machine_before, harness_before = psutil.cpu_times(), harness_cpu()
         cpu_before = cpu_seconds(processes)
         db_cpu_before = cpu_seconds([database]) if database else None
         sampler = Sampler(processes)
@@ -120,7 +119,10 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
         db_used = cpu_seconds([database]) - db_cpu_before if database else None
         db_after = stack.db_counters()
         others_used = {name: cpu_seconds(procs) - others_before[name] for name, procs in others.items()}
-        machine_busy = busy_fraction(machine_before, psutil.cpu_times())
+        machine_after = psutil.cpu_times()
+        machine_busy = busy_fraction(machine_before, machine_after)
+        ours = cpu_used + (db_used or 0) + sum(others_used.values()) + harness_cpu() - harness_before
+        foreign = foreign_fraction(machine_before, machine_after, ours)
         scrape = stack.scrape()
         (workdir / "metrics.txt").write_text(scrape)
         reports = stack.reports()
@@ -135,7 +137,7 @@ def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: 
     result["llm_cpu_ms_per_report"] = round(others_used["llm"] * 1000 / answered, 3)
     result["broker_cpu_ms_per_report"] = round(others_used["broker"] * 1000 / answered, 3)
     result["machine_cpu_busy"] = round(machine_busy, 3)
-    result["background_cpu_busy"] = round(background, 3)
+    result["foreign_cpu_busy"] = round(foreign, 3)
     return result
 
 
@@ -150,6 +152,19 @@ def broker_processes(url: str) -> list[psutil.Process]:
                 if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
                     found.append(process)
     return found
+
+
+def harness_cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the publisher)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def foreign_fraction(before, after, ours: float) -> float:
+    """Share of all cores' time that went to processes not of this run (other people's tests) during it."""
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    total = sum(after) - sum(before)
+    return max(0.0, (total - idle - ours) / total) if total > 0 else 0.0
 
 
 def busy_fraction(before, after) -> float:

@@ -136,7 +136,7 @@ def stage_line(figures: dict) -> str:
                            for k, m in means.items()) or "n/a"
     cpu = [f"{name} {figures[key]}" for name, key in (("db server", "db_cpu_ms_per_report"),
            ("fake llm", "llm_cpu_ms_per_report"), ("broker", "broker_cpu_ms_per_report")) if figures.get(key)]
-    busy, background = figures.get("machine_cpu_busy"), figures.get("background_cpu_busy")
+    busy, foreign = figures.get("machine_cpu_busy"), figures.get("foreign_cpu_busy")
     db = figures.get("db_per_report") or {}
     trips = (f"\n    db per report: {db['crud']} CRUD round trips (insert {db['insert']}, query {db['query']}, "
              f"update {db['update']}, delete {db['delete']}), {db['command']} other commands, "
@@ -144,4 +144,4 @@ def stage_line(figures: dict) -> str:
     return (f"    stage shares: {stages}\n    stage ms per report (calls × mean ms): {per_report}{trips}"
             f"\n    other cpu ms/report: {', '.join(cpu) or 'n/a'}"
             + (f"; machine cpu busy {busy:.0%}" if busy is not None else "")
-            + (f" (before the run, idle stack: {background:.0%})" if background is not None else ""))
+            + (f", of which not this run's processes {foreign:.0%}" if foreign is not None else ""))

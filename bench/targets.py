@@ -72,8 +72,8 @@ def summary(results: list[dict]) -> dict:
 
 
 COMPARISON = [("round", 5), ("L", 4), ("N", 5), ("report-worker", 13), ("rep/s", 7), ("eff", 5), ("cpu ms", 6),
-              ("db ms", 6), ("bg", 4), ("celery", 16), ("rep/s", 7), ("eff", 5), ("cpu ms", 6), ("db ms", 6),
-              ("bg", 4), ("ratio", 5)]
+              ("db ms", 6), ("busy", 4), ("celery", 16), ("rep/s", 7), ("eff", 5), ("cpu ms", 6), ("db ms", 6),
+              ("busy", 4), ("ratio", 5)]
 
 
 def comparison_lines(results: list[dict]) -> list[str]:
@@ -82,15 +82,15 @@ def comparison_lines(results: list[dict]) -> list[str]:
         return []
     lines = ["report-worker beside Celery (same L, N, fake LLM; a fresh database each; ratio = report-worker / "
              "Celery reports/s; cpu ms = worker processes' CPU per report, db ms = the database server's; "
-             "bg = the machine's CPU busy just before the run, with our stack idle: other people's load)",
+             "busy = share of the machine's CPU that processes not of the run used meanwhile: other people's load)",
              " | ".join(name.ljust(width) for name, width in COMPARISON)]
     for p in found:
         ours, peer = p["ours"], p["celery"]
         cells = [p["round"], f"{ours['latency']:g}s", ours["requests"],
                  f"P={ours['processes']} T={ours['threads']}", ours["reports_per_s"], ours["efficiency"],
-                 ours["cpu_ms_per_report"], ours["db_cpu_ms_per_report"], _percent(ours.get("background_cpu_busy")),
+                 ours["cpu_ms_per_report"], ours["db_cpu_ms_per_report"], _percent(ours.get("foreign_cpu_busy")),
                  f"threads c={peer['threads']}", peer["reports_per_s"], peer["efficiency"], peer["cpu_ms_per_report"],
-                 peer["db_cpu_ms_per_report"], _percent(peer.get("background_cpu_busy")), p["ratio"]]
+                 peer["db_cpu_ms_per_report"], _percent(peer.get("foreign_cpu_busy")), p["ratio"]]
         lines.append(" | ".join(("-" if c is None else str(c)).ljust(w) for c, (_, w) in zip(cells, COMPARISON)))
     return lines
 
