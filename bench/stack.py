@@ -82,7 +82,7 @@ class Stack:
     def _start_llm(self) -> None:
         port = free_port()
         args = fake_llm("--port", str(port), "--latency", str(self.config.latency),
-                   "--jitter", str(self.config.jitter))
+                        "--jitter", str(self.config.jitter))
         self.llm = subprocess.Popen(args, cwd=ROOT, stdout=open(self.workdir / "fake-llm.log", "wb"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.llm_url = f"http://127.0.0.1:{port}/v1"
