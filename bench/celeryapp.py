@@ -49,12 +49,12 @@ TASK = "bench.report"
 PROPERTIES = pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent)
 
 
-def configure(app: Celery, broker_url: str, queue: str) -> Celery:
+def configure(app: Celery, broker_url: str, task_queue: str) -> Celery:
     """The settings both the worker and the publisher of task messages use."""
     app.conf.update(
         broker_url=broker_url,
         broker_connection_retry_on_startup=True,
-        task_default_queue=queue,           # a direct exchange and a durable classic queue of this name
+        task_default_queue=task_queue,      # a direct exchange and a durable classic queue of this name
         task_acks_late=True,                # ack after the response is confirmed: at-least-once, like ours
         worker_prefetch_multiplier=1,       # prefetch = concurrency: one unacked message per slot, like pf = T
         task_ignore_result=True,
