@@ -1,16 +1,18 @@
 """`python -m bench --scenario NAME ...`: run configurations, print a table, write the raw figures as JSON."""
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pika
 import psutil
 
-from bench import figures
+from bench import figures, peer, targets
 from bench.scenarios import SCENARIOS, RunConfig, custom, scaled
 from bench.stack import Stack, versions
 
@@ -56,12 +58,16 @@ def progress(done: int, total: int, started: float) -> None:
     sys.stderr.flush()
 
 
-def collect(url: str, queue: str, count: int, timeout: float, sampler: Sampler) -> dict[str, float]:
-    """Take responses off the response queue until `count` arrived; request_id -> arrival time."""
+def collect(url: str, queue: str, count: int, timeout: float,
+            sampler: Sampler) -> tuple[dict[str, float], dict[str, str]]:
+    """Take responses off the response queue until `count` arrived; request_id -> arrival time, and -> status."""
     received: dict[str, float] = {}
+    statuses: dict[str, str] = {}
 
     def on_response(channel, method, properties, body):
-        received.setdefault(json.loads(body)["request_id"], time.time())
+        response = json.loads(body)
+        received.setdefault(response["request_id"], time.time())
+        statuses.setdefault(response["request_id"], response.get("status", "?"))
 
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
@@ -77,53 +83,88 @@ def collect(url: str, queue: str, count: int, timeout: float, sampler: Sampler) 
     progress(len(received), count, started)
     sys.stderr.write("\n")
     connection.close()
-    return received
+    return received, statuses
 
 
-def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict) -> dict:
-    workdir = outdir / f"{config.scenario}-P{config.processes}-T{config.threads}-pf{config.prefetch}-L{config.latency:g}"
+def run_one(config: RunConfig, urls: dict, outdir: Path, machine: dict, round_: int = 1) -> dict:
+    shape = (f"c{config.threads}" if config.engine == "celery"
+             else f"P{config.processes}-T{config.threads}-pf{config.prefetch or config.threads}")
+    workdir = outdir / f"r{round_}-{config.scenario}-{config.engine}-{shape}-L{config.latency:g}"
     workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(config, urls, workdir)
     print(f"# {config.label}", file=sys.stderr)
     try:
         stack.start()
-        machine.update(machine or versions(urls, stack.mongodb_url))
+        if "rabbitmq" not in machine:
+            machine.update(versions(urls, stack.mongodb_url))
         processes = stack.worker_processes()
         database = psutil.Process(stack.mongo.pid) if stack.mongo else None
-        others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes()}
+        others = {"llm": [psutil.Process(stack.llm.pid)], "broker": broker_processes(urls["rabbitmq"])}
         others_before = {name: cpu_seconds(procs) for name, procs in others.items()}
-        machine_before = psutil.cpu_times()
+        machine_before, harness_before = psutil.cpu_times(), harness_cpu()
         cpu_before = cpu_seconds(processes)
-        db_before = cpu_seconds([database]) if database else None
+        db_cpu_before = cpu_seconds([database]) if database else None
         sampler = Sampler(processes)
         times_file = workdir / "published.json"
-        publisher = subprocess.Popen([sys.executable, "-m", "bench.publish", urls["rabbitmq"],
-                                      stack.queues["request"], str(config.requests), str(times_file)], cwd=ROOT)
+        db_before = stack.db_counters()
+        publisher = subprocess.Popen([sys.executable, "-m", "bench.publish", urls["rabbitmq"], stack.intake_queue,
+                                      str(config.requests), str(times_file), *(["celery"] if stack.celery else [])],
+                                     cwd=ROOT)
         ideal = config.ideal_rate or 200.0
         timeout = config.requests / ideal * 4 + config.latency * 4 + 120
-        received = collect(urls["rabbitmq"], stack.queues["response"], config.requests, timeout, sampler)
+        received, statuses = collect(urls["rabbitmq"], stack.queues["response"], config.requests, timeout, sampler)
         publisher.wait(60)
         published = json.loads(times_file.read_text())
         cpu_used = cpu_seconds(processes) - cpu_before
-        db_used = cpu_seconds([database]) - db_before if database else None
+        db_used = cpu_seconds([database]) - db_cpu_before if database else None
+        db_after = stack.db_counters()
         others_used = {name: cpu_seconds(procs) - others_before[name] for name, procs in others.items()}
-        machine_busy = busy_fraction(machine_before, psutil.cpu_times())
+        machine_after = psutil.cpu_times()
+        machine_busy = busy_fraction(machine_before, machine_after)
+        ours = cpu_used + (db_used or 0) + sum(others_used.values()) + harness_cpu() - harness_before
+        foreign = foreign_fraction(machine_before, machine_after, ours)
         scrape = stack.scrape()
         (workdir / "metrics.txt").write_text(scrape)
         reports = stack.reports()
     finally:
         stack.stop()
-    result = figures.summarize(config, published, received, reports, scrape, cpu_used, sampler.peaks, db_used)
+    stages = stack.stage_times() if stack.celery else figures.scraped_stage_times(scrape)
+    result = figures.summarize(config, published, received, reports, scrape, cpu_used, sampler.peaks, db_used, stages)
     answered = max(result["answered"], 1)
+    result["round"] = round_
+    result["succeeded"] = sum(statuses.get(rid) == "success" for rid in published)
+    result["db_per_report"] = figures.db_round_trips(db_before, db_after, answered)
     result["llm_cpu_ms_per_report"] = round(others_used["llm"] * 1000 / answered, 3)
     result["broker_cpu_ms_per_report"] = round(others_used["broker"] * 1000 / answered, 3)
     result["machine_cpu_busy"] = round(machine_busy, 3)
+    result["foreign_cpu_busy"] = round(foreign, 3)
     return result
 
 
-def broker_processes() -> list[psutil.Process]:
-    """RabbitMQ's Erlang VM when it runs on this machine (for its CPU share), else nothing."""
-    return [p for p in psutil.process_iter(["name"]) if p.info["name"] in ("beam.smp", "beam")]
+def broker_processes(url: str) -> list[psutil.Process]:
+    """The Erlang VM listening on the broker's port when it runs on this machine (for its CPU share), else
+    nothing; other RabbitMQ nodes on the machine (someone else's cluster) are not ours."""
+    port = urlsplit(url).port or 5672
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in ("beam.smp", "beam"):
+            with contextlib.suppress(psutil.Error):
+                if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections("tcp")):
+                    found.append(process)
+    return found
+
+
+def harness_cpu() -> float:
+    """CPU seconds of this process and of its children that ended (the publisher)."""
+    times = psutil.Process().cpu_times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+def foreign_fraction(before, after, ours: float) -> float:
+    """Share of all cores' time that went to processes not of this run (other people's tests) during it."""
+    idle = (after.idle + after.iowait) - (before.idle + before.iowait)
+    total = sum(after) - sum(before)
+    return max(0.0, (total - idle - ours) / total) if total > 0 else 0.0
 
 
 def busy_fraction(before, after) -> float:
@@ -142,6 +183,9 @@ def parse_args(argv):
     parser.add_argument("--latency", type=float, default=1.0)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--prefetch", type=int, default=0)
+    parser.add_argument("--peer", type=int, default=0, metavar="C",
+                        help="with a custom run: Celery's threads pool with concurrency C after it (same L, N)")
+    parser.add_argument("--repeat", type=int, default=1, help="run the whole list of configurations this many times")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply each run's request count")
     parser.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -154,26 +198,33 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     urls = {"rabbitmq": args.rabbitmq_url, "redis": args.redis_url, "mongodb": args.mongodb_url}
     if args.processes:
-        configs = custom(args.processes, args.threads, args.latency, args.requests, args.prefetch)
+        configs = custom(args.processes, args.threads, args.latency, args.requests, args.prefetch, args.peer)
     else:
         configs = [c for name in (args.scenario or ["smoke"]) for c in SCENARIOS[name]()]
     configs = scaled(configs, args.scale) if args.scale != 1.0 else configs
+    info: dict = {}
+    if any(c.engine == "celery" for c in configs):
+        peer.require()
+        info["celery"] = peer.version()
     outdir = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     results = []
-    info: dict = {}
-    for config in configs:
-        results.append(run_one(config, urls, outdir, info))
+    for round_ in range(1, args.repeat + 1):
+        for config in configs:
+            results.append(run_one(config, urls, outdir, info, round_))
     print(f"rabbitmq {info['rabbitmq']} · redis {info['redis']} · mongodb {info['mongodb']} · "
-          f"{info['cpus']} CPUs · {info['date']}")
+          f"{info['cpus']} CPUs · {info['date']}" + (f" · celery {info['celery']}" if "celery" in info else ""))
     print(figures.table_header())
     for row in results:
         print(figures.table_row(row))
         print(figures.stage_line(row))
-    (outdir / "results.json").write_text(json.dumps({"machine": info, "runs": results}, indent=2))
+    for line in [*targets.comparison_lines(results), *targets.target_lines(results)]:
+        print(line)
+    document = {"machine": info, "runs": results, **targets.summary(results)}
+    (outdir / "results.json").write_text(json.dumps(document, indent=2))
     print(f"raw figures: {outdir / 'results.json'}")
-    incomplete = [r["config"] for r in results if r["answered"] < r["requests"]]
+    incomplete = [r["config"] for r in results if r["succeeded"] < r["requests"]]
     if incomplete:
-        print(f"incomplete runs: {incomplete}", file=sys.stderr)
+        print(f"runs where not every request was answered with success: {incomplete}", file=sys.stderr)
         return 1
     return 0
 

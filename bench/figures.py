@@ -27,14 +27,43 @@ def metric_sums(text: str, name: str, label: str | None = None) -> dict[str, flo
     return by_label if label else total
 
 
-def stage_shares(scrape: str) -> dict[str, float]:
+def scraped_stage_times(scrape: str) -> dict[str, tuple[float, int]]:
+    """Stage -> (seconds, calls) from report-worker's `report_worker_stage_seconds` histogram."""
     sums = metric_sums(scrape, "report_worker_stage_seconds_sum", "stage")
-    total = sum(sums.values())
-    return {stage: round(sums.get(stage, 0.0) / total, 4) for stage in STAGES} if total else {}
+    counts = metric_sums(scrape, "report_worker_stage_seconds_count", "stage")
+    return {stage: (sums[stage], int(counts.get(stage, 0))) for stage in sums}
+
+
+def stage_shares(stages: dict[str, tuple[float, int]]) -> dict[str, float]:
+    total = sum(seconds for seconds, _ in stages.values())
+    return {stage: round(stages.get(stage, (0.0, 0))[0] / total, 4) for stage in STAGES} if total else {}
+
+
+def stage_means(stages: dict[str, tuple[float, int]], reports: int) -> dict[str, dict]:
+    """Per stage: mean ms per call, calls per report, ms per report (the slot time a report spends there)."""
+    means = {}
+    for stage in STAGES:
+        seconds, calls = stages.get(stage, (0.0, 0))
+        if calls:
+            means[stage] = {"ms_per_call": round(seconds * 1000 / calls, 3),
+                            "calls_per_report": round(calls / max(reports, 1), 2),
+                            "ms_per_report": round(seconds * 1000 / max(reports, 1), 3)}
+    return means
+
+
+def db_round_trips(before: dict, after: dict, reports: int) -> dict[str, float]:
+    """The database server's counters per report over the run: CRUD operations (insert, query, update,
+    delete, getmore), other commands (findAndModify, hello heartbeats, ...) and every request it received."""
+    per_report = {name: round((after.get(name, 0) - before.get(name, 0)) / max(reports, 1), 2)
+                  for name in ("insert", "query", "update", "delete", "getmore", "command", "requests")}
+    crud = ("insert", "query", "update", "delete", "getmore")
+    per_report["crud"] = round(sum(per_report[name] for name in crud), 2)
+    return per_report
 
 
 def summarize(config, published: dict, received: dict, reports: list[dict], scrape: str,
-              cpu_seconds: float, memory: dict, db_cpu_seconds: float | None) -> dict:
+              cpu_seconds: float, memory: dict, db_cpu_seconds: float | None,
+              stages: dict[str, tuple[float, int]]) -> dict:
     done = [rid for rid in published if rid in received]
     first_publish = min(published.values())
     last_response = max(received[rid] for rid in done) if done else first_publish
@@ -46,7 +75,7 @@ def summarize(config, published: dict, received: dict, reports: list[dict], scra
     spread = Counter(r.get("processed_by", "?") for r in reports)
     ideal = config.ideal_rate
     return {
-        "config": config.label,
+        "config": config.label, "engine": config.engine, "scenario": config.scenario,
         "processes": config.processes, "threads": config.threads, "latency": config.latency,
         "prefetch": config.prefetch or config.threads, "requests": config.requests,
         "answered": len(done), "reports_stored": len(reports),
@@ -57,15 +86,16 @@ def summarize(config, published: dict, received: dict, reports: list[dict], scra
         "latency_p50": _r(percentile(latencies, 50)), "latency_p95": _r(percentile(latencies, 95)),
         "latency_p99": _r(percentile(latencies, 99)),
         "overhead_p50": _r(percentile(overheads, 50)), "overhead_p95": _r(percentile(overheads, 95)),
-        "stage_shares": stage_shares(scrape),
+        "stage_shares": stage_shares(stages),
+        "stage_means": stage_means(stages, len(done)),
         "cpu_ms_per_report": round(cpu_seconds * 1000 / max(len(done), 1), 3),
         "db_cpu_ms_per_report": round(db_cpu_seconds * 1000 / max(len(done), 1), 3) if db_cpu_seconds else None,
         "parent_rss_mb": round(memory["parent_rss"] / 2**20, 1),
-        "max_child_rss_mb": round(memory["child_rss"] / 2**20, 1),
+        "max_child_rss_mb": round(memory["child_rss"] / 2**20, 1) if memory["child_rss"] else None,
         "parent_pss_mb": round(memory["parent_pss"] / 2**20, 1),
-        "max_child_pss_mb": round(memory["child_pss"] / 2**20, 1),
-        "reconnects": int(metric_sums(scrape, "report_worker_broker_reconnects_total")),
-        "redeliveries": int(metric_sums(scrape, "report_worker_redeliveries_total")),
+        "max_child_pss_mb": round(memory["child_pss"] / 2**20, 1) if memory["child_pss"] else None,
+        "reconnects": int(metric_sums(scrape, "report_worker_broker_reconnects_total")) if scrape else None,
+        "redeliveries": int(metric_sums(scrape, "report_worker_redeliveries_total")) if scrape else None,
         "per_child": sorted(spread.values()),
         "fairness": round(min(spread.values()) / max(spread.values()), 3) if len(spread) > 1 else 1.0,
         "scrape_ok": bool(scrape),
@@ -100,9 +130,18 @@ def table_row(figures: dict) -> str:
 
 def stage_line(figures: dict) -> str:
     shares = figures.get("stage_shares") or {}
-    stages = ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) if shares else "n/a (no scrape)"
+    stages = ", ".join(f"{k} {v:.1%}" for k, v in shares.items()) if shares else "n/a (no stage timings)"
+    means = figures.get("stage_means") or {}
+    per_report = ", ".join(f"{k} {m['calls_per_report']:g}×{m['ms_per_call']:.2f}={m['ms_per_report']:.1f}"
+                           for k, m in means.items()) or "n/a"
     cpu = [f"{name} {figures[key]}" for name, key in (("db server", "db_cpu_ms_per_report"),
            ("fake llm", "llm_cpu_ms_per_report"), ("broker", "broker_cpu_ms_per_report")) if figures.get(key)]
-    busy = figures.get("machine_cpu_busy")
-    return (f"    stage shares: {stages}\n    other cpu ms/report: {', '.join(cpu) or 'n/a'}"
-            + (f"; machine cpu busy {busy:.0%}" if busy is not None else ""))
+    busy, foreign = figures.get("machine_cpu_busy"), figures.get("foreign_cpu_busy")
+    db = figures.get("db_per_report") or {}
+    trips = (f"\n    db per report: {db['crud']} CRUD round trips (insert {db['insert']}, query {db['query']}, "
+             f"update {db['update']}, delete {db['delete']}), {db['command']} other commands, "
+             f"{db['requests']} requests in all") if db else ""
+    return (f"    stage shares: {stages}\n    stage ms per report (calls × mean ms): {per_report}{trips}"
+            f"\n    other cpu ms/report: {', '.join(cpu) or 'n/a'}"
+            + (f"; machine cpu busy {busy:.0%}" if busy is not None else "")
+            + (f", of which not this run's processes {foreign:.0%}" if foreign is not None else ""))

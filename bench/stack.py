@@ -1,4 +1,4 @@
-"""What one benchmark run starts: a fresh database, the fake LLM, `report-worker run`; and stops again."""
+"""What one benchmark run starts: a fresh database, the fake LLM, `report-worker run` or Celery; and stops again."""
 
 import json
 import os
@@ -15,6 +15,7 @@ import psutil
 import redis
 from pymongo import MongoClient
 
+from bench import peer
 from bench.scenarios import RunConfig
 from tests.services import MongoServer, free_port, queues_of, wait_for
 
@@ -24,6 +25,16 @@ KNOWLEDGE = ROOT / "worker" / "data" / "knowledge_base.json"
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "worker.cli", *args]
+
+
+# `report-worker fake-llm --port N` stops at the CLI's parser on Python 3.11 (an argparse.REMAINDER whose first
+# word is an option is refused), so the bench runs the same `worker.fakellm` options and server directly.
+FAKE_LLM = ("import argparse, sys; from worker import fakellm; options = argparse.ArgumentParser(); "
+            "fakellm.add_arguments(options); sys.exit(fakellm.run(options.parse_args(sys.argv[1:])))")
+
+
+def fake_llm(*args: str) -> list[str]:
+    return [sys.executable, "-c", FAKE_LLM, *args]
 
 
 class Stack:
@@ -47,6 +58,15 @@ class Stack:
         return {"request": f"{self.tag}.requests", "response": f"{self.tag}.responses", "dlq": f"{self.tag}.dlq"}
 
     @property
+    def celery(self) -> bool:
+        return self.config.engine == "celery"
+
+    @property
+    def intake_queue(self) -> str:
+        """Where the requests go: our request queue, or this run's Celery task queue."""
+        return f"{self.tag}.celery" if self.celery else self.queues["request"]
+
+    @property
     def mongodb_url(self) -> str:
         return self.urls.get("mongodb") or self.mongo.url
 
@@ -61,8 +81,8 @@ class Stack:
 
     def _start_llm(self) -> None:
         port = free_port()
-        args = cli("fake-llm", "--port", str(port), "--latency", str(self.config.latency),
-                   "--jitter", str(self.config.jitter))
+        args = fake_llm("--port", str(port), "--latency", str(self.config.latency),
+                        "--jitter", str(self.config.jitter))
         self.llm = subprocess.Popen(args, cwd=ROOT, stdout=open(self.workdir / "fake-llm.log", "wb"),
                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.llm_url = f"http://127.0.0.1:{port}/v1"
@@ -88,11 +108,16 @@ class Stack:
             "LOG_LEVEL": "WARNING",
         }
         self.worker_env = env
-        args = cli("run", "--processes", str(c.processes), "--threads", str(c.threads),
-                   "--prefetch", str(c.prefetch or c.threads))
+        if self.celery:
+            args = peer.worker_command(c.threads, self.intake_queue, f"{self.tag}@bench")
+            env = peer.worker_env(env, self.intake_queue, self.workdir)
+        else:
+            args = cli("run", "--processes", str(c.processes), "--threads", str(c.threads),
+                       "--prefetch", str(c.prefetch or c.threads))
         self.worker = subprocess.Popen(args, cwd=ROOT, env=env, stdout=open(self.workdir / "worker.log", "wb"),
                                        stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: self.consumers() >= c.processes, 60,
+        wanted = 1 if self.celery else c.processes
+        wait_for(lambda: self.consumers() >= wanted, 60,
                  message=f"worker did not start consuming; see {self.workdir / 'worker.log'}")
 
     def consumers(self) -> int:
@@ -100,7 +125,7 @@ class Stack:
             raise RuntimeError(f"worker exited with {self.worker.returncode}; see {self.workdir / 'worker.log'}")
         connection = pika.BlockingConnection(pika.URLParameters(self.urls["rabbitmq"]))
         try:
-            return connection.channel().queue_declare(self.queues["request"], passive=True).method.consumer_count
+            return connection.channel().queue_declare(self.intake_queue, passive=True).method.consumer_count
         except pika.exceptions.ChannelClosedByBroker:
             return 0
         finally:
@@ -112,11 +137,28 @@ class Stack:
         return [parent, *parent.children()]
 
     def scrape(self) -> str:
+        if self.celery:
+            return ""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
                 return answer.read().decode()
         except OSError:
             return ""
+
+    def stage_times(self) -> dict[str, tuple[float, int]]:
+        """Celery's stage timings (stage -> seconds, calls), left by its processes when they stopped."""
+        return peer.stage_times(self.workdir)
+
+    def db_counters(self) -> dict[str, int]:
+        """The database server's operation counters (serverStatus opcounters) and requests received."""
+        client = MongoClient(self.mongodb_url)
+        try:
+            status = client.admin.command("serverStatus")
+        finally:
+            client.close()
+        counters = {name: int(value) for name, value in status.get("opcounters", {}).items()}
+        counters["requests"] = int(status.get("network", {}).get("numRequests", 0))
+        return counters
 
     def reports(self) -> list[dict]:
         client = MongoClient(self.mongodb_url)
@@ -145,6 +187,8 @@ class Stack:
         for name in queues_of(self.worker_env).values():
             channel.queue_delete(name)
         connection.close()
+        if self.celery:
+            peer.forget(self.urls["rabbitmq"], self.intake_queue)
         if self.urls.get("mongodb"):
             client = MongoClient(self.mongodb_url)
             client.drop_database(self.database)
