@@ -32,6 +32,8 @@ log "installing requirements.txt and the project (editable) into .venv"
     || die "pip install -r requirements.txt failed"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e . --no-deps \
     || die "pip install -e . failed"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[bench]" \
+    || die "pip install -e .[bench] failed (Celery, for the benchmark's peer scenario)"
 rm -f "$VENV"/.installed-*
 touch "$STAMP"
 log "done"
