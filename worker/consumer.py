@@ -44,12 +44,14 @@ class Consumer:
         on_tick: Callable[["Consumer"], None] | None = None,
         events: Events = NO_EVENTS,
         probe: Probe | None = None,
+        gate: Callable[[], str] | None = None,
     ):
         self.settings = settings
         self.handle = handle
         self.on_tick = on_tick
         self.events = events
         self.pauses = Pauses(probe, settings.intake_probe_seconds, events)
+        self.gate = gate  # issue 15: a pause reason while this child cannot start more work soon ("" = none)
         self.settler = Settler(events)
         self.broker_blocked = False   # the broker sent connection.blocked (a memory or disk alarm)
         self.ticked_at = time.monotonic()
@@ -151,6 +153,12 @@ class Consumer:
             self.connection.process_data_events(time_limit=TICK_SECONDS)
             self.ticked_at = time.monotonic()
             self._check_channel()
+            # -- issue 15 (LLM limits): stop taking messages while they could not start soon; a probe resumes
+            if self.gate is not None and not self.pauses and not self.draining:
+                reason = self.gate()
+                if reason:
+                    self._pause(reason)
+            # -- end issue 15
             if self.pauses.due():
                 self.executor.submit(self._probe)
             if self.on_tick:
