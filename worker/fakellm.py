@@ -1,13 +1,16 @@
-"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency, faults and bad answers."""
+"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency, faults, bad answers
+and OpenAI's rate limits (requests and tokens per minute, answered with 429 and retry-after)."""
 
 import argparse
 import dataclasses
 import json
+import math
 import random
 import signal
 import socket
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -29,6 +32,9 @@ class Faults:
     malformed_first: int = 0  # answer malformed to the first N calls of each request_id
     mode: str = "good"  # the answer of every request without a mode of its own (see fakeanswers.MODES)
     modes: dict = dataclasses.field(default_factory=dict)  # request_id → mode, or "mode:once" (first call only)
+    rpm: float = 0.0  # requests per minute admitted, for every key together (0: no limit)
+    tpm: float = 0.0  # tokens per minute: prompt (~ body bytes / 4) + max_tokens, counted on admission like OpenAI
+    burst_seconds: float = 1.0  # how much of the rate may come at once (at least one call)
 
 
 class Server(ThreadingHTTPServer):
@@ -54,10 +60,51 @@ class Server(ThreadingHTTPServer):
             self.calls = 0
             self.by_request: Counter[str] = Counter()
             self.statuses: Counter[str] = Counter()
+            self.tats = {"requests": 0.0, "tokens": 0.0}  # GCRA: when each bucket is empty again (monotonic)
+            self.accepted = 0
+            self.refused: Counter[str] = Counter()
 
     def stats(self) -> dict:
         with self.lock:
-            return {"calls": self.calls, "by_request": dict(self.by_request), "status": dict(self.statuses)}
+            stats = {"calls": self.calls, "by_request": dict(self.by_request), "status": dict(self.statuses)}
+            if self.faults.rpm or self.faults.tpm or self.refused:  # only while limits are (or were) on
+                stats["limits"] = {"rpm": self.faults.rpm, "tpm": self.faults.tpm, "accepted": self.accepted,
+                                   "refused": dict(self.refused)}
+            return stats
+
+    def admit(self, tokens: int) -> tuple[str, float, int, dict[str, str]]:
+        """OpenAI's rate limits on one call of `tokens`: ("", 0, ...) when admitted, else the limit that refused
+        it ("requests" or "tokens") and the seconds until it would be admitted; plus the x-ratelimit-* headers."""
+        with self.lock:
+            faults, now = self.faults, time.monotonic()
+            refused, wait, taken = "", 0.0, {}
+            for name, limit, weight in (("requests", faults.rpm, 1), ("tokens", faults.tpm, tokens)):
+                if limit:
+                    interval = 60.0 / limit
+                    tat = max(self.tats[name], now)
+                    cost = weight * interval
+                    over = tat + cost - now - max(faults.burst_seconds, cost)
+                    if over > 1e-6 and over > wait:
+                        refused, wait = name, over
+                    taken[name] = tat + cost
+            if refused:
+                self.refused[refused] += 1
+            elif faults.rpm or faults.tpm:
+                self.tats.update(taken)
+                self.accepted += 1
+            return refused, wait, tokens, self._limit_headers(now)
+
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        headers = {}
+        for name, limit in (("requests", self.faults.rpm), ("tokens", self.faults.tpm)):
+            if limit:
+                interval = 60.0 / limit
+                used = max(self.tats[name] - now, 0.0)
+                capacity = max(self.faults.burst_seconds, interval)
+                headers[f"x-ratelimit-limit-{name}"] = f"{limit:g}"
+                headers[f"x-ratelimit-remaining-{name}"] = str(max(0, math.floor((capacity - used) / interval)))
+                headers[f"x-ratelimit-reset-{name}"] = duration(used)
+        return headers
 
     def configure(self, **settings) -> Faults:
         with self.lock:
@@ -155,6 +202,13 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(400, error_body("body is not a chat completion request", "invalid_request_error"))
             return
         document = request_document(messages)
+        tokens = len(body) // 4 + int(chat.get("max_completion_tokens") or chat.get("max_tokens") or 0)
+        refused, wait, tokens, limit_headers = self.server.admit(tokens)
+        if refused:
+            self.reply(429, rate_limit_body(refused, self.server.faults, chat.get("model") or "fake-llm", tokens, wait),
+                       {**limit_headers, "retry-after": str(max(1, math.ceil(wait))),
+                        "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
+            return
         faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
         if self.server.stopping.wait(delay):
             self.close_connection = True
@@ -179,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
             mode = mode_of(str(document.get("request_id", "")), call_number, faults.mode, faults.modes)
             reply = answer_for(mode, document, chat.get("response_format"))
             answer = completion_body(chat.get("model") or "fake-llm", body, reply)
-        self.reply(200, answer)
+        self.reply(200, answer, limit_headers)
 
     def reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -212,6 +266,22 @@ def request_document(messages: list) -> dict:
 
 def error_body(message: str, kind: str, code: str | None = None) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def rate_limit_body(kind: str, faults: Faults, model: str, requested: int, wait: float) -> dict:
+    """OpenAI's 429 for a per-minute limit: type "requests" or "tokens", code rate_limit_exceeded."""
+    unit, limit, asked = ("RPM", faults.rpm, 1) if kind == "requests" else ("TPM", faults.tpm, requested)
+    message = (f"Rate limit reached for {model} in organization org-fake on {kind} per min ({unit}): "
+               f"Limit {limit:g}, Requested {asked}. Please try again in {duration(wait)}.")
+    return error_body(message, kind, "rate_limit_exceeded")
+
+
+def duration(seconds: float) -> str:
+    """A wait as OpenAI writes it in x-ratelimit-reset-*: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{round(rest, 3):g}s"
 
 
 class FakeLLM:
@@ -270,6 +340,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers that are not JSON")
     parser.add_argument("--mode", default="good", choices=sorted(MODES),
                         help="the answer to requests without their own mode (a request_id ending @fake:MODE)")
+    parser.add_argument("--rpm", type=float, default=0.0, help="requests per minute admitted; more get 429 (0: off)")
+    parser.add_argument("--tpm", type=float, default=0.0,
+                        help="tokens per minute admitted (body bytes / 4 + max_tokens per call); more get 429 (0: off)")
+    parser.add_argument("--burst-seconds", type=float, default=1.0,
+                        help="how many seconds of the --rpm/--tpm rate may come at once (at least one call)")
     parser.add_argument("--seed", type=int, default=None)
 
 
@@ -280,7 +355,8 @@ def run(args: argparse.Namespace) -> int:
     fake = FakeLLM(args.host, args.port, args.seed, latency=args.latency, jitter=args.jitter,
                    error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
                    timeout_rate=args.timeout_rate, malformed_rate=args.malformed_rate,
-                   mode=getattr(args, "mode", "good"))
+                   mode=getattr(args, "mode", "good"), rpm=getattr(args, "rpm", 0.0), tpm=getattr(args, "tpm", 0.0),
+                   burst_seconds=getattr(args, "burst_seconds", 1.0))
     try:
         fake.start()
         print(json.dumps({"event": "fake_llm_listening", "url": fake.url}), flush=True)
