@@ -365,3 +365,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.fakellm [options]`: the same server as `report-worker fake-llm`."""
+    parser = argparse.ArgumentParser(prog="python -m worker.fakellm", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

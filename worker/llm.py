@@ -189,7 +189,8 @@ class ReportWriter:
             completion = usage.completion_tokens if usage else None
             cost = self._cost(prompt, completion)
             if usage is None:  # the budget still counts the call, at its estimate
-                permit.settle(None, cost_of(self._prices, self.model, prompt_estimate, self._options["max_tokens"]) or 0)
+                estimated = cost_of(self._prices, self.model, prompt_estimate, self._options["max_tokens"])
+                permit.settle(None, estimated or 0.0)
             else:
                 permit.settle((prompt or 0) + (completion or 0), cost or 0.0)
         choice = response.choices[0] if response.choices else None
