@@ -37,8 +37,9 @@ INTAKE_PAUSED = Gauge(
     ["reason"], multiprocess_mode="livemax",
 )
 
-# The fleet's LLM limiter (worker/ratelimit.py). Budget gauges hold a fleet-wide figure read from Redis: each
-# child reports what it last saw, so the freshest reading wins (livemostrecent), never a sum over children.
+# The fleet's LLM limiter (worker/ratelimit.py). Gauges are labelled, so a process that never uses the limiter
+# (the parent, a child without limits) creates no file for them. The budget holds a fleet-wide figure read from
+# Redis: each child reports what it last saw and the freshest reading wins (livemostrecent), never a sum.
 LIMITER_WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 1800)
 LIMITER_GRANTED = Counter(
     "report_worker_llm_limiter_granted", "LLM permits granted: type=requests (calls) or tokens (estimated).", ["type"]
@@ -58,17 +59,11 @@ LIMITER_FALLBACKS = Counter(
     "report_worker_llm_limiter_fallbacks", "Times a child lost Redis and kept to its share of each limit.", ["reason"]
 )
 LIMITER_FALLBACK = Gauge(
-    "report_worker_llm_limiter_fallback", "1 while any child keeps to its own share because Redis is away.",
-    multiprocess_mode="livemax",
+    "report_worker_llm_limiter_fallback", "1 while a child keeps to its own share because Redis is away (reason).",
+    ["reason"], multiprocess_mode="livemax",
 )
-BUDGET_SPENT = Gauge(
-    "report_worker_llm_budget_spent_usd", "The fleet's LLM spend this UTC day, as last read from Redis.",
-    multiprocess_mode="livemostrecent",
-)
-BUDGET_LIMIT = Gauge(
-    "report_worker_llm_budget_usd", "LLM_BUDGET_USD_PER_DAY (0: no budget).", multiprocess_mode="livemostrecent"
-)
-BUDGET_REMAINING = Gauge(
-    "report_worker_llm_budget_remaining_usd", "What is left of the day's LLM budget (0 when spent or none).",
-    multiprocess_mode="livemostrecent",
+BUDGET = Gauge(
+    "report_worker_llm_budget_usd",
+    "The day's LLM budget: type=spent (the fleet's spend this UTC day, from Redis), budget, remaining.",
+    ["type"], multiprocess_mode="livemostrecent",
 )

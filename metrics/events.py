@@ -59,12 +59,13 @@ class PrometheusEvents(Events, LimitObserver):
 
     def fallback(self, reason: str) -> None:
         m.LIMITER_FALLBACKS.labels(reason).inc()
-        m.LIMITER_FALLBACK.set(1)
+        self._fallback_reason = reason
+        m.LIMITER_FALLBACK.labels(reason).set(1)
 
     def restored(self, seconds_down: float) -> None:
-        m.LIMITER_FALLBACK.set(0)
+        m.LIMITER_FALLBACK.labels(getattr(self, "_fallback_reason", "")).set(0)
 
     def budget(self, spent: float, limit: float) -> None:
-        m.BUDGET_SPENT.set(spent)
-        m.BUDGET_LIMIT.set(limit)
-        m.BUDGET_REMAINING.set(max(0.0, limit - spent) if limit else 0.0)
+        m.BUDGET.labels("spent").set(spent)
+        m.BUDGET.labels("budget").set(limit)
+        m.BUDGET.labels("remaining").set(max(0.0, limit - spent) if limit else 0.0)

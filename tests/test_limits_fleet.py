@@ -136,7 +136,7 @@ def test_without_redis_each_process_keeps_to_its_share(spawn, env, broker, db, n
     assert elapsed >= (30 - 2) / 4 * 0.85                  # 2 a second each: limited, never unlimited
     fallbacks = parent.events("llm_limiter_fallback")
     assert len({e["pid"] for e in fallbacks}) == 2 and {e["share"] for e in fallbacks} == {0.5}
-    assert samples(text, "report_worker_llm_limiter_fallback") == [1.0]
+    assert max(samples(text, "report_worker_llm_limiter_fallback")) == 1.0
     assert sum(samples(text, "report_worker_llm_limiter_fallbacks_total")) >= 2
 
 

@@ -320,9 +320,9 @@ def test_limiter_events_become_metrics(limiter_for, prefix):
     limiter = limiter_for(PrometheusEvents(), rpm=6000, budget_usd_per_day=2.0)
     with limiter.acquire(100) as permit:
         permit.settle(120, 1.5)
-    assert value("report_worker_llm_budget_spent_usd") == 1.5
-    assert value("report_worker_llm_budget_usd") == 2.0
-    assert value("report_worker_llm_budget_remaining_usd") == 0.5
+    assert value("report_worker_llm_budget_usd", type="spent") == 1.5
+    assert value("report_worker_llm_budget_usd", type="budget") == 2.0
+    assert value("report_worker_llm_budget_usd", type="remaining") == 0.5
     with limiter.acquire(100) as permit:
         permit.settle(120, 1.0)
     with pytest.raises(Exception):
@@ -335,10 +335,10 @@ def test_limiter_events_become_metrics(limiter_for, prefix):
     assert value("report_worker_llm_limiter_throttled_total", reason="budget") == before[
         "report_worker_llm_limiter_throttled_total"] + 1
     assert value("report_worker_llm_limiter_cooldowns_total") == before["report_worker_llm_limiter_cooldowns_total"] + 1
-    assert value("report_worker_llm_budget_remaining_usd") == 0.0
+    assert value("report_worker_llm_budget_usd", type="remaining") == 0.0
     events = PrometheusEvents()
     events.fallback("ConnectionError")
-    assert value("report_worker_llm_limiter_fallback") == 1
+    assert value("report_worker_llm_limiter_fallback", reason="ConnectionError") == 1
     assert value("report_worker_llm_limiter_fallbacks_total", reason="ConnectionError") >= 1
     events.restored(3.0)
-    assert value("report_worker_llm_limiter_fallback") == 0
+    assert value("report_worker_llm_limiter_fallback", reason="ConnectionError") == 0
