@@ -7,11 +7,11 @@ from datetime import datetime, timezone
 
 import pika
 
+from worker.clients import llm_deadline
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
 from worker.errors import (
     InProgress, InvalidRequest, Paused, PermanentError, TransientError, describe, retryable,
 )
-from worker.clients import llm_deadline
 from worker.frames import undecodable
 from worker.intake import identify, validate
 from worker.logs import EventLog
