@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pika
 import psutil
 
-from bench import figures, peer, targets
+from bench import figures, peer, ratelimit, targets
 from bench.scenarios import SCENARIOS, RunConfig, custom, scaled
 from bench.stack import Stack, versions
 
@@ -176,7 +176,7 @@ def busy_fraction(before, after) -> float:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS),
+    parser.add_argument("--scenario", action="append", choices=sorted([*SCENARIOS, "ratelimit"]),
                         help="run this scenario (repeatable); default: smoke")
     parser.add_argument("--processes", type=int, help="a custom run instead: P")
     parser.add_argument("--threads", type=int, default=8)
@@ -197,6 +197,8 @@ def parse_args(argv):
 def main(argv=None) -> int:
     args = parse_args(argv)
     urls = {"rabbitmq": args.rabbitmq_url, "redis": args.redis_url, "mongodb": args.mongodb_url}
+    if args.scenario == ["ratelimit"]:  # two parents at once, its own table: bench/ratelimit.py
+        return ratelimit.run(urls, Path(args.out), args.scale)
     if args.processes:
         configs = custom(args.processes, args.threads, args.latency, args.requests, args.prefetch, args.peer)
     else:

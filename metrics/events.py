@@ -1,11 +1,13 @@
-"""The Prometheus side of `worker.events.Events`: every event becomes a metric of `metrics.definitions`."""
+"""The Prometheus side of `worker.events.Events` and of the LLM limiter's `LimitObserver`: every event becomes a
+metric of `metrics.definitions`."""
 
 from metrics import definitions as m
 from worker.events import Events
+from worker.ratepolicy import LimitObserver
 
 
-class PrometheusEvents(Events):
-    """Plugged into the consumer and the pipeline by the CLI; records into this process's metric files."""
+class PrometheusEvents(Events, LimitObserver):
+    """Plugged into the consumer, the pipeline and the LLM limiter; records into this process's metric files."""
 
     def stage_timed(self, stage: str, seconds: float) -> None:
         m.STAGE_SECONDS.labels(stage).observe(seconds)
@@ -40,3 +42,30 @@ class PrometheusEvents(Events):
 
     def intake_paused(self, reason: str, paused: bool) -> None:
         m.INTAKE_PAUSED.labels(reason).set(1 if paused else 0)
+
+    # ---- the LLM limiter (worker.ratepolicy.LimitObserver)
+
+    def granted(self, kind: str, amount: float) -> None:
+        m.LIMITER_GRANTED.labels(kind).inc(amount)
+
+    def waited(self, seconds: float) -> None:
+        m.LIMITER_WAIT.observe(seconds)
+
+    def throttled(self, reason: str) -> None:
+        m.LIMITER_THROTTLED.labels(reason).inc()
+
+    def cooldown(self, seconds: float) -> None:
+        m.LIMITER_COOLDOWNS.inc()
+
+    def fallback(self, reason: str) -> None:
+        m.LIMITER_FALLBACKS.labels(reason).inc()
+        self._fallback_reason = reason
+        m.LIMITER_FALLBACK.labels(reason).set(1)
+
+    def restored(self, seconds_down: float) -> None:
+        m.LIMITER_FALLBACK.labels(getattr(self, "_fallback_reason", "")).set(0)
+
+    def budget(self, spent: float, limit: float) -> None:
+        m.BUDGET.labels("spent").set(spent)
+        m.BUDGET.labels("budget").set(limit)
+        m.BUDGET.labels("remaining").set(max(0.0, limit - spent) if limit else 0.0)

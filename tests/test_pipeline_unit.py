@@ -92,7 +92,7 @@ class FakeWriter:
     fail: list = field(default_factory=list)   # exceptions to raise, one per call
     calls: list = field(default_factory=list)
 
-    def generate(self, request, categories, knowledge):
+    def generate(self, request, categories, knowledge, deadline=None):
         self.calls.append((request.request_id, list(categories), [k["id"] for k in knowledge]))
         if self.fail:
             raise self.fail.pop(0)

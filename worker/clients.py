@@ -1,4 +1,4 @@
-"""Every client of ours built from the settings, in one place: MongoDB store, Redis, cache, LLM writer.
+"""Every client of ours built from the settings, in one place: MongoDB store, Redis, cache, LLM limiter and writer.
 
 The service, `report-worker health`, the other CLI commands and the parent's /readyz all build their
 clients here. Call after a fork, never before: each process opens its own connections.
@@ -10,7 +10,9 @@ from worker.cache import Cache
 from worker.disclosure import parse_fields
 from worker.events import NO_EVENTS, Events
 from worker.facts import DEFAULT_DISCLAIMER
-from worker.llm import DEFAULT_PRICES, ReportWriter
+from worker.llm import DEFAULT_PRICES, ReportWriter, cost_of
+from worker.logs import EventLog
+from worker.ratelimit import FleetLimiter, LimitObserver, Limits, Unlimited, connect
 from worker.settings import Settings, parse_prices
 from worker.store import Store
 
@@ -30,8 +32,40 @@ def cache(settings: Settings, events: Events = NO_EVENTS) -> Cache:
                  settings.report_cache_ttl, events, cache_input=settings.redis_cache_input)
 
 
+log = EventLog(__name__)
+SETTLE_MARGIN_SECONDS = 30.0  # left before RabbitMQ's consumer timeout for the store, the publish and the ack
+
+
+def limits(settings: Settings) -> Limits:
+    """The fleet's LLM limits from the LLM_* settings."""
+    return Limits(rpm=settings.llm_rpm, tpm=settings.llm_tpm, max_concurrency=settings.llm_max_concurrency,
+                  budget_usd_per_day=settings.llm_budget_usd_per_day, share=settings.llm_share,
+                  burst_seconds=settings.llm_limit_burst_seconds,
+                  lease_seconds=settings.llm_limit_lease_seconds or settings.llm_timeout_seconds + 30)
+
+
+def limiter(settings: Settings, observer: LimitObserver | None = None) -> FleetLimiter | Unlimited:
+    """One per process, after the fork; Unlimited (no Redis at all) when every LLM_* limit is 0."""
+    if not settings.llm_limited:
+        return Unlimited()
+    prices = {**DEFAULT_PRICES, **parse_prices(settings.llm_prices)}
+    if settings.llm_budget_usd_per_day and cost_of(prices, settings.openai_model, 1, 1) is None:
+        log.warning("llm_budget_without_price", model=settings.openai_model,
+                    hint="LLM_BUDGET_USD_PER_DAY counts nothing for a model without a price: add it to LLM_PRICES")
+    return FleetLimiter(connect(settings.redis_url), settings.redis_key_prefix, limits(settings), observer)
+
+
+def llm_deadline(settings: Settings, received_at: float) -> float | None:
+    """When a delivery's LLM calls must have ended (time.monotonic()): RabbitMQ's consumer timeout, counted
+    from `received_at`, less a margin to store, publish and ack. None when the consumer timeout is off."""
+    if not settings.rabbitmq_consumer_timeout:
+        return None
+    return received_at + settings.rabbitmq_consumer_timeout - SETTLE_MARGIN_SECONDS
+
+
 def writer(settings: Settings, events: Events = NO_EVENTS, timeout: float | None = None,
-           max_retries: int | None = None) -> ReportWriter:
+           max_retries: int | None = None, llm_limiter: FleetLimiter | Unlimited | None = None) -> ReportWriter:
+    """The LLM client; with an enforcing `llm_limiter` every call takes a permit and the client never retries."""
     return ReportWriter(
         base_url=settings.openai_base_url or None,
         api_key=settings.openai_api_key or "not-needed",
@@ -46,4 +80,6 @@ def writer(settings: Settings, events: Events = NO_EVENTS, timeout: float | None
         patient_fields=parse_fields(settings.llm_patient_fields),
         disclaimer=settings.report_disclaimer or DEFAULT_DISCLAIMER,
         connections=settings.worker_threads,
+        limiter=llm_limiter,
+        cooldown_seconds=settings.llm_cooldown_seconds,
     )

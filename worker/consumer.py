@@ -37,6 +37,7 @@ class Consumer:
         events: Events = NO_EVENTS,
         probe: Probe | None = None,
         journal: Journal | None = None,
+        gate: Callable[[], str] | None = None,
     ):
         self.settings = settings
         self.handle = handle
@@ -45,6 +46,7 @@ class Consumer:
         self.pauses = Pauses(probe, settings.intake_probe_seconds, events)
         self.journal = journal
         self.handling = Handling(journal, settings.poison_crash_limit)
+        self.gate = gate   # a pause reason while this child could not start more work soon ("" = none)
         self.settler = Settler(events)
         self.broker_blocked = False   # the broker sent connection.blocked (a memory or disk alarm)
         self.node = ""                # host:port of the node we are connected to
@@ -151,6 +153,10 @@ class Consumer:
             self.connection.process_data_events(time_limit=TICK_SECONDS)
             self.ticked_at = time.monotonic()
             self._check_channel()
+            if self.gate is not None and not self.pauses and not self.draining:
+                reason = self.gate()  # e.g. llm_throttled: what we take now could not start soon; a probe resumes
+                if reason:
+                    self._pause(reason)
             if self.pauses.due():
                 self.executor.submit(self._probe)
             if self.on_tick:

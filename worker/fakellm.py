@@ -1,223 +1,14 @@
-"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency, faults and bad answers."""
+"""A fake OpenAI-compatible chat server for tests and load runs, with injectable latency, faults, bad answers
+and OpenAI's rate limits (requests and tokens per minute, answered with 429 and retry-after)."""
 
 import argparse
-import dataclasses
 import json
-import random
 import signal
-import socket
 import sys
 import threading
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.fakeanswers import (MALFORMED_ANSWER, MODES, answer_for, check_modes, completion_body, mode_of, refusal,
-                                schema_problem)
-
-
-@dataclasses.dataclass(frozen=True)
-class Faults:
-    """The injectable behaviour; rates are probabilities per chat call."""
-
-    latency: float = 0.0
-    jitter: float = 0.0
-    error_rate: float = 0.0
-    rate_limit_rate: float = 0.0
-    timeout_rate: float = 0.0
-    malformed_rate: float = 0.0
-    hang_seconds: float = 120.0
-    malformed_first: int = 0  # answer malformed to the first N calls of each request_id
-    mode: str = "good"  # the answer of every request without a mode of its own (see fakeanswers.MODES)
-    modes: dict = dataclasses.field(default_factory=dict)  # request_id → mode, or "mode:once" (first call only)
-    api_keys: tuple = ()  # bearer tokens accepted (401 for others); empty: any
-    models: tuple = ()    # model names served (404 model_not_found for others); empty: any
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 512
-
-    def __init__(self, address: tuple[str, int], faults: Faults, seed: int | None) -> None:
-        super().__init__(address, Handler)
-        self.faults = faults
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.random = random.Random(seed)
-        self.connections: set[socket.socket] = set()
-        self.reset()
-
-    def handle_error(self, request, client_address) -> None:
-        """A client that went away mid-answer (a killed worker, a timeout) is normal here, not an error."""
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-    def reset(self) -> None:
-        with self.lock:
-            self.calls = 0
-            self.by_request: Counter[str] = Counter()
-            self.statuses: Counter[str] = Counter()
-
-    def stats(self) -> dict:
-        with self.lock:
-            return {"calls": self.calls, "by_request": dict(self.by_request), "status": dict(self.statuses)}
-
-    def configure(self, **settings) -> Faults:
-        with self.lock:
-            faults = dataclasses.replace(self.faults, **settings)
-            check_modes(faults.mode, faults.modes)
-            self.faults = faults
-            return faults
-
-    def set_mode(self, request_id: str, mode: str) -> None:
-        """Answer `request_id` in `mode` ("wrong-citation", or "wrong-citation:once" for its first call only)."""
-        with self.lock:
-            check_modes(self.faults.mode, {request_id: mode})
-            self.faults = dataclasses.replace(self.faults, modes={**self.faults.modes, request_id: mode})
-
-    def draw(self, request_id: str) -> tuple[Faults, int, dict[str, bool], float]:
-        """Count one chat call and roll its dice: (faults, call number for its request, fault flags, delay)."""
-        with self.lock:
-            faults = self.faults
-            self.calls += 1
-            self.by_request[request_id] += 1
-            rolls = {name: self.random.random() < getattr(faults, f"{name}_rate")
-                     for name in ("rate_limit", "error", "timeout", "malformed")}
-            spread = self.random.uniform(-faults.jitter, faults.jitter)
-            return faults, self.by_request[request_id], rolls, max(0.0, faults.latency * (1 + spread))
-
-    def count_status(self, status: int) -> None:
-        with self.lock:
-            self.statuses[str(status)] += 1
-
-    def close_connections(self) -> None:
-        with self.lock:
-            connections = list(self.connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: Server
-
-    def setup(self) -> None:
-        super().setup()
-        with self.server.lock:
-            self.server.connections.add(self.connection)
-
-    def finish(self) -> None:
-        with self.server.lock:
-            self.server.connections.discard(self.connection)
-        try:
-            super().finish()
-        except OSError:
-            pass
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet: no access log
-        pass
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") == "/v1/models":
-            model = {"id": "fake-llm", "object": "model", "created": 0, "owned_by": "fake"}
-            self.reply(200, {"object": "list", "data": [model]})
-        elif self.path == "/_stats":
-            self.reply(200, self.server.stats())
-        else:
-            self.reply(404, error_body("not found", "invalid_request_error"))
-
-    def do_POST(self) -> None:
-        body = self.read_body()
-        if self.path.rstrip("/") == "/v1/chat/completions":
-            self.answer_chat(body)
-        elif self.path == "/_control":
-            try:
-                faults = self.server.configure(**json.loads(body or b"{}"))
-            except (TypeError, ValueError) as exc:
-                self.reply(400, error_body(str(exc), "invalid_request_error"))
-                return
-            self.reply(200, dataclasses.asdict(faults))
-        elif self.path == "/_reset":
-            self.server.reset()
-            self.reply(200, {"ok": True})
-        else:
-            self.reply(404, error_body("not found", "invalid_request_error"))
-
-    def read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def answer_chat(self, body: bytes) -> None:
-        try:
-            chat = json.loads(body)
-            messages = chat["messages"]
-        except (ValueError, KeyError, TypeError):
-            self.reply(400, error_body("body is not a chat completion request", "invalid_request_error"))
-            return
-        refused = refusal(self.server.faults, self.headers.get("Authorization"), chat.get("model"))
-        if refused:
-            self.reply(*refused)
-            return
-        document = request_document(messages)
-        faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
-        if self.server.stopping.wait(delay):
-            self.close_connection = True
-            return
-        if rolls["rate_limit"]:
-            self.reply(429, error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
-                       {"retry-after": "1"})
-            return
-        if rolls["error"]:
-            self.reply(500, error_body("The server had an error while processing your request.", "server_error"))
-            return
-        if rolls["timeout"] and self.server.stopping.wait(faults.hang_seconds):
-            self.close_connection = True
-            return
-        problem = schema_problem(chat.get("response_format"))
-        if problem:
-            self.reply(400, error_body(f"Invalid schema for response_format: {problem}", "invalid_request_error"))
-            return
-        if rolls["malformed"] or call_number <= faults.malformed_first:
-            answer = completion_body(chat.get("model") or "fake-llm", body, MALFORMED_ANSWER)
-        else:
-            mode = mode_of(str(document.get("request_id", "")), call_number, faults.mode, faults.modes)
-            reply = answer_for(mode, document, chat.get("response_format"))
-            answer = completion_body(chat.get("model") or "fake-llm", body, reply)
-        self.reply(200, answer)
-
-    def reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
-        if self.path.startswith("/v1/chat"):
-            self.server.count_status(status)
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:
-            self.close_connection = True  # the client went away (it timed out); nothing to tell it
-
-
-def request_document(messages: list) -> dict:
-    """The first user message that is a JSON object: the report request, also inside a repair round."""
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") == "user":
-            try:
-                document = json.loads(message.get("content") or "")
-            except (TypeError, ValueError):
-                continue
-            if isinstance(document, dict):
-                return document
-    return {}
-
-
-def error_body(message: str, kind: str, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+from worker.fakeanswers import MODES
+from worker.fakehttp import Faults, Server, request_document  # noqa: F401 (request_document: tests read prompts)
 
 
 class FakeLLM:
@@ -276,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--malformed-rate", type=float, default=0.0, help="share of answers that are not JSON")
     parser.add_argument("--mode", default="good", choices=sorted(MODES),
                         help="the answer to requests without their own mode (a request_id ending @fake:MODE)")
+    parser.add_argument("--rpm", type=float, default=0.0, help="requests per minute admitted; more get 429 (0: off)")
+    parser.add_argument("--tpm", type=float, default=0.0,
+                        help="tokens per minute admitted (body bytes / 4 + max_tokens per call); more get 429 (0: off)")
+    parser.add_argument("--burst-seconds", type=float, default=1.0,
+                        help="how many seconds of the --rpm/--tpm rate may come at once (at least one call)")
     parser.add_argument("--seed", type=int, default=None)
 
 
@@ -286,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     fake = FakeLLM(args.host, args.port, args.seed, latency=args.latency, jitter=args.jitter,
                    error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate,
                    timeout_rate=args.timeout_rate, malformed_rate=args.malformed_rate,
-                   mode=getattr(args, "mode", "good"))
+                   mode=getattr(args, "mode", "good"), rpm=getattr(args, "rpm", 0.0), tpm=getattr(args, "tpm", 0.0),
+                   burst_seconds=getattr(args, "burst_seconds", 1.0))
     try:
         fake.start()
         print(json.dumps({"event": "fake_llm_listening", "url": fake.url}), flush=True)
@@ -295,3 +92,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m worker.fakellm [options]`: the same server as `report-worker fake-llm`."""
+    parser = argparse.ArgumentParser(prog="python -m worker.fakellm", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """The LLM client: ask an OpenAI-compatible model for a report, check it at the gate, repair once, meter it."""
 
+import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from worker.facts import DEFAULT_DISCLAIMER
 from worker.gate import GateFailure, review
 from worker.logs import EventLog
 from worker.prompt import PROMPT_VERSION, build_messages, knowledge_record, repair_messages, response_format
+from worker.ratelimit import BudgetExhausted, FleetLimiter, Throttled, Unlimited, retry_after_seconds
 from worker.report import assemble_report, render_markdown
 from worker.schemas import ReportGenerationRequest
 
@@ -70,8 +72,13 @@ class ReportWriter:
                  prices: Mapping[str, tuple[float, float]] | None = None, events: Events = NO_EVENTS,
                  temperature: float = 0.2, max_tokens: int = 4000, structured: str = "json_schema",
                  patient_fields: Iterable[str] = DEFAULT_PATIENT_FIELDS, disclaimer: str = DEFAULT_DISCLAIMER,
-                 connections: int = 100) -> None:
+                 connections: int = 100, limiter: FleetLimiter | Unlimited | None = None,
+                 cooldown_seconds: float = 1.0) -> None:
         self.model = model
+        self.limiter = limiter or Unlimited()
+        self._cooldown = cooldown_seconds  # after a 429 that says no retry-after
+        if self.limiter.enforcing:
+            max_retries = 0  # the client's own retries would call without a permit; ours go through the delay queue
         self._events = events
         self._timeout = timeout
         self._prices = dict(prices if prices is not None else DEFAULT_PRICES)
@@ -89,19 +96,21 @@ class ReportWriter:
                                      max_retries=max_retries, http_client=http)
 
     def generate(self, request: ReportGenerationRequest, categories: Sequence[str],
-                 knowledge: Sequence[Mapping], on_answer=None) -> GeneratedReport:
+                 knowledge: Sequence[Mapping], deadline: float | None = None, on_answer=None) -> GeneratedReport:
         """One checked report for `request` on `categories`, citing only `knowledge` (numbered in this order).
 
         At most two calls: an answer the gate refuses is asked for once more with the reason; a second
         refusal is a PermanentError carrying the gate's code. API failures raise TransientError,
-        PermanentError or Paused. `on_answer(completion)`, if given, sees every answer (the eval scores them)."""
+        PermanentError or Paused. `deadline` (time.monotonic()) is when every call must have ended (the
+        message's consumer timeout, less a margin): a call waits for its permit at most until deadline − timeout.
+        `on_answer(completion)`, if given, sees every answer (the eval scores them)."""
         messages = build_messages(request, knowledge, categories, patient_fields=self._patient_fields,
                                   structured=self._structured)
         answer_format = response_format(categories, knowledge, self._structured)
         calls: list[Completion] = []
         refused: GateFailure | None = None
         for _ in range(2):
-            call = self._complete(messages, answer_format)
+            call = self._complete(messages, answer_format, deadline)
             calls.append(call)
             if on_answer is not None:
                 on_answer(call)
@@ -155,27 +164,44 @@ class ReportWriter:
     def close(self) -> None:
         self._client.close()
 
-    def _complete(self, messages: list[dict], answer_format: dict) -> Completion:
-        """One chat completion call; its failures are mapped to our error classes and reported."""
-        started = time.monotonic()
+    def _complete(self, messages: list[dict], answer_format: dict, deadline: float | None = None) -> Completion:
+        """One chat completion call under a permit of the fleet's limiter; failures are mapped to our error
+        classes and reported. A spent budget pauses intake; a permit not granted in time is a TransientError."""
+        prompt_estimate = estimate_tokens(messages, answer_format)
         try:
-            response = self._client.chat.completions.create(model=self.model, messages=messages,
-                                                            response_format=answer_format, **self._options)
-        except openai.APIError as exc:
-            outcome, error = classify(exc)
-            self._events.llm_call_finished(self.model, outcome, time.monotonic() - started)
-            raise error from exc
-        seconds = time.monotonic() - started
-        usage = response.usage
-        prompt = usage.prompt_tokens if usage else None
-        completion = usage.completion_tokens if usage else None
+            permit = self.limiter.acquire(prompt_estimate + self._options["max_tokens"],
+                                          None if deadline is None else deadline - self._timeout)
+        except BudgetExhausted as exc:
+            raise Paused("the day's LLM budget is spent", code="budget_exhausted") from exc
+        except Throttled as exc:
+            raise TransientError(str(exc), code="llm_unavailable") from exc
+        with permit:
+            started = time.monotonic()
+            try:
+                response = self._client.chat.completions.create(model=self.model, messages=messages,
+                                                                response_format=answer_format, **self._options)
+            except openai.APIError as exc:
+                if isinstance(exc, openai.RateLimitError) and getattr(exc, "code", None) != "insufficient_quota":
+                    self.limiter.cooldown(retry_after_seconds(exc.response.headers) or self._cooldown)
+                outcome, error = classify(exc)
+                self._events.llm_call_finished(self.model, outcome, time.monotonic() - started)
+                raise error from exc
+            seconds = time.monotonic() - started
+            usage = response.usage
+            prompt = usage.prompt_tokens if usage else None
+            completion = usage.completion_tokens if usage else None
+            cost = self._cost(prompt, completion)
+            if usage is None:  # the budget still counts the call, at its estimate
+                estimated = cost_of(self._prices, self.model, prompt_estimate, self._options["max_tokens"])
+                permit.settle(None, estimated or 0.0)
+            else:
+                permit.settle((prompt or 0) + (completion or 0), cost or 0.0)
         choice = response.choices[0] if response.choices else None
         message = choice.message if choice else None
         return Completion(
             text=message.content if message else None, refusal=getattr(message, "refusal", None),
             finish_reason=choice.finish_reason if choice else None, model=response.model or self.model,
-            prompt_tokens=prompt, completion_tokens=completion, cost_usd=self._cost(prompt, completion),
-            seconds=seconds)
+            prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost, seconds=seconds)
 
     def _cost(self, prompt: int | None, completion: int | None) -> float | None:
         if prompt is None or completion is None:
@@ -189,6 +215,11 @@ class ReportWriter:
     def _report(self, call: Completion, outcome: str) -> None:
         self._events.llm_call_finished(self.model, outcome, call.seconds, call.prompt_tokens or 0,
                                        call.completion_tokens or 0, call.cost_usd or 0.0)
+
+
+def estimate_tokens(messages: Sequence[Mapping], answer_format: Mapping) -> int:
+    """Prompt tokens a call will count, estimated before it (about 4 characters a token, JSON as sent)."""
+    return len(json.dumps({"messages": messages, "response_format": answer_format})) // 4
 
 
 def _total(values: Iterable[float | None]) -> float | None:

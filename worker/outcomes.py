@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pika
 
+from worker.clients import llm_deadline
 from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, SIGNATURE_HEADER, Delivery, Publish, Settlement
 from worker.errors import (
     InProgress, InvalidRequest, Paused, PermanentError, TransientError, describe, retryable,
@@ -50,7 +51,7 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
         return give_up(delivery, settings, exc, outcome, exc.request_id, exc.user_id)
     ids = (request.request_id, request.user_id)
     try:
-        response = pipeline.process(request, claim=claim)
+        response = pipeline.process(request, claim=claim, deadline=llm_deadline(settings, delivery.received_at))
     except Paused as exc:  # a refused key, a missing model, a spent budget: nothing fails, intake stops
         log.warning("message_requeued_paused", request_id=request.request_id, reason=exc.code)
         return Settlement(requeue=True, outcome="paused", pause=exc.code)

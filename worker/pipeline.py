@@ -82,7 +82,8 @@ class Pipeline:
     writer: ReportWriter
     events: Events = NO_EVENTS
 
-    def process(self, request: ReportGenerationRequest, *, claim: str) -> ReportGenerationResponse:
+    def process(self, request: ReportGenerationRequest, *, claim: str,
+                deadline: float | None = None) -> ReportGenerationResponse:
         """A validated request in, its success response out; raises TransientError, InProgress or PermanentError.
 
         `claim` is the token of this message and its retries: a claim left by an earlier attempt of the
@@ -98,7 +99,7 @@ class Pipeline:
             return success(request, found.report_id)
         self.leases.hold(request.request_id, claim)
         try:
-            report = self._generate_and_store(request, document, digest, found.report_id, claim)
+            report = self._generate_and_store(request, document, digest, found.report_id, claim, deadline)
         except BaseException:
             with contextlib.suppress(Exception):  # if this fails too, the lease lapses by itself
                 self.claims.release(request.request_id, claim)
@@ -110,7 +111,7 @@ class Pipeline:
         return success(request, report["report_id"])
 
     def _generate_and_store(self, request: ReportGenerationRequest, document: dict, digest: str, report_id: str,
-                            claim: str) -> dict:
+                            claim: str, deadline: float | None = None) -> dict:
         """The seed's flow from the input cache to the stored report, under this message's claim."""
         categories = categories_for(request)
         with timed(self.events, "cache"):
@@ -121,7 +122,7 @@ class Pipeline:
         with timed(self.events, "knowledge"):
             entries = self.knowledge.entries_for(categories)
         with timed(self.events, "llm"):
-            generated = self.writer.generate(request, categories, entries)
+            generated = self.writer.generate(request, categories, entries, deadline=deadline)
         report = report_document(request, generated, categories, input_changed(previous, document), digest)
         report["report_id"] = report_id
         with timed(self.events, "store"):

@@ -19,7 +19,7 @@ from worker.ratepolicy import BudgetState, Limits, LimitObserver, Verdict, budge
 from worker.redisledger import RedisLedger, connect
 
 __all__ = ["BudgetExhausted", "BudgetState", "FleetLimiter", "LimitObserver", "Limits", "Permit", "Throttled",
-           "connect", "retry_after_seconds"]
+           "Unlimited", "connect", "retry_after_seconds"]
 
 log = EventLog(__name__)
 
@@ -114,6 +114,8 @@ class FleetLimiter:
     `prefix` + "llm:" (make the client with connect()); while Redis is away the process keeps to
     `limits.share` of each limit and tries Redis again every `retry_redis_seconds`."""
 
+    enforcing = True  # Unlimited says False: callers may then keep their own retries
+
     def __init__(self, client: redis.Redis, prefix: str, limits: Limits, observer: LimitObserver | None = None,
                  *, max_wait: float = 300.0, retry_redis_seconds: float = REDIS_RETRY_SECONDS,
                  today: Callable[[], str] = utc_day):
@@ -193,10 +195,14 @@ class FleetLimiter:
         spent, ledger = self._use("spent", day)
         return self._note_spent(day, spent, ledger)
 
+    def queue_wait(self) -> float:
+        """Seconds this process's first waiter has waited, or the cool-down left: no Redis, safe on any thread."""
+        return max(self._cool_until - time.monotonic(), self._line.oldest_wait(), 0.0)
+
     def expected_wait(self, estimated_tokens: int = 0) -> float:
         """Seconds a new acquire would wait now: cool-down, rate buckets, and how long this process's first
         waiter has waited already (which covers full concurrency slots). The budget is apart: budget_state()."""
-        local = max(self._cool_until - time.monotonic(), self._line.oldest_wait(), 0.0)
+        local = self.queue_wait()
         shared, _ = self._use("peek", max(0, int(estimated_tokens)))
         return max(local, shared)
 
@@ -289,3 +295,49 @@ class FleetLimiter:
         self.observer.throttled(error.reason)
         log.info("llm_throttled", reason=error.reason, wait=round(error.wait, 3))
         return error
+
+
+class _FreePermit:
+    """What Unlimited grants: nothing to settle, nothing to give back."""
+
+    tokens = 0
+    waited = 0.0
+
+    def __enter__(self) -> "_FreePermit":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        pass
+
+    def settle(self, actual_tokens: int | None = None, cost_usd: float = 0.0) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class Unlimited:
+    """Every limit off: FleetLimiter's interface without Redis, so a call costs no round trip."""
+
+    limits = Limits()
+    enforcing = False
+    degraded = False
+    _permit = _FreePermit()
+
+    def acquire(self, estimated_tokens: int = 0, deadline: float | None = None) -> _FreePermit:
+        return self._permit
+
+    def update(self, limits: Limits) -> None:
+        pass
+
+    def cooldown(self, seconds: float) -> float:
+        return 0.0
+
+    def budget_state(self) -> BudgetState:
+        return budget_state(0.0, 0.0)
+
+    def queue_wait(self) -> float:
+        return 0.0
+
+    def expected_wait(self, estimated_tokens: int = 0) -> float:
+        return 0.0

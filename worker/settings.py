@@ -56,6 +56,17 @@ class Settings:
     llm_patient_fields: str = _setting("LLM_PATIENT_FIELDS", "", _patient_fields)  # "": age, sex, clinical fields
     report_disclaimer: str = _setting("REPORT_DISCLAIMER", "")  # "": the built-in one, when the request has none
     knowledge_cache_seconds: float = _setting("KNOWLEDGE_CACHE_SECONDS", 60.0, _non_negative)
+    # fleet-wide LLM limits, shared in Redis by every process on every VM (docs/rate-limits.md); 0 = off
+    llm_rpm: float = _setting("LLM_RPM", 0.0, _non_negative)  # requests per minute, the whole fleet
+    llm_tpm: float = _setting("LLM_TPM", 0.0, _non_negative)  # tokens per minute (estimate: prompt + max tokens)
+    llm_max_concurrency: int = _setting("LLM_MAX_CONCURRENCY", 0, _non_negative)  # calls in flight, the fleet
+    llm_budget_usd_per_day: float = _setting("LLM_BUDGET_USD_PER_DAY", 0.0, _non_negative)  # per UTC day
+    llm_limit_share: float = _setting("LLM_LIMIT_SHARE", 0.0, _between(0.0, 1.0))  # Redis away; 0: 1/fleet procs
+    llm_fleet_processes: int = _setting("LLM_FLEET_PROCESSES", 0, _non_negative)  # 0: WORKER_PROCESSES
+    llm_limit_burst_seconds: float = _setting("LLM_LIMIT_BURST_SECONDS", 0.5, _between(0.001, 60.0))
+    llm_limit_lease_seconds: float = _setting("LLM_LIMIT_LEASE_SECONDS", 0.0, _non_negative)  # 0: timeout + 30
+    llm_cooldown_seconds: float = _setting("LLM_COOLDOWN_SECONDS", 1.0, _positive)  # a 429 without retry-after
+    llm_intake_wait_seconds: float = _setting("LLM_INTAKE_WAIT_SECONDS", 60.0, _non_negative)  # 0: never pause
     worker_threads: int = _setting("WORKER_THREADS", 8, _positive)
     worker_name: str = _setting("WORKER_NAME", "")
     max_retries: int = _setting("MAX_RETRIES", 3, _non_negative)
@@ -86,6 +97,16 @@ class Settings:
     @property
     def prefetch(self) -> int:
         return self.prefetch_count or self.worker_threads
+
+    @property
+    def llm_limited(self) -> bool:
+        """Whether any fleet-wide LLM limit is on (else no Redis round trip per call)."""
+        return bool(self.llm_rpm or self.llm_tpm or self.llm_max_concurrency or self.llm_budget_usd_per_day)
+
+    @property
+    def llm_share(self) -> float:
+        """This process's part of each limit while Redis is away."""
+        return self.llm_limit_share or 1.0 / (self.llm_fleet_processes or self.worker_processes)
 
     @property
     def name(self) -> str:
@@ -261,5 +282,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("RABBITMQ_TLS_KEY_FILE needs RABBITMQ_TLS_CERT_FILE (the client certificate)")
     if len(set(settings.retry_delays)) != len(settings.retry_delays):
         raise SettingsError("RETRY_DELAYS must not repeat a delay")
+    if settings.llm_limited and settings.llm_intake_wait_seconds and settings.rabbitmq_consumer_timeout and \
+            settings.llm_intake_wait_seconds >= settings.rabbitmq_consumer_timeout:
+        raise SettingsError("LLM_INTAKE_WAIT_SECONDS must be shorter than RABBITMQ_CONSUMER_TIMEOUT")
     if settings.worker_timeout < 1:
         raise SettingsError("WORKER_TIMEOUT must be at least 1 second (a child's loop beats every 0.5 s)")
