@@ -7,14 +7,13 @@ import socket
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 
 import redis
 
-from worker.errors import TransientError
 from worker.localledger import LocalLedger
 from worker.logs import EventLog
+from worker.permits import BudgetExhausted, Line, Permit, Throttled, Unlimited
 from worker.ratepolicy import BudgetState, Limits, LimitObserver, Verdict, budget_state, retry_after_seconds, utc_day
 from worker.redisledger import RedisLedger, connect
 
@@ -26,87 +25,6 @@ log = EventLog(__name__)
 MAX_SLEEP = 1.0  # a waiting thread looks again at least this often (limits may change, cool-downs may end)
 MAX_COOLDOWN = 3600.0  # a retry-after longer than this is taken as this
 REDIS_RETRY_SECONDS = 2.0  # while Redis is away, try it again this often
-
-
-class Throttled(TransientError):
-    """No permit before the deadline; `reason` says what held it back, `wait` how long it would have taken."""
-
-    def __init__(self, reason: str, wait: float = 0.0):
-        super().__init__(f"LLM call throttled ({reason}), would wait {wait:.1f} s more")
-        self.reason = reason
-        self.wait = wait
-
-
-class BudgetExhausted(Throttled):
-    """The UTC day's LLM budget is spent: calls wait for the next day or a bigger budget."""
-
-    def __init__(self) -> None:
-        super().__init__("budget")
-
-
-class Permit:
-    """One granted LLM call. `settle()` records its real usage; leaving the `with` block (or `release()`)
-    gives the concurrency slot back and writes the usage back in one round trip."""
-
-    def __init__(self, limiter: "FleetLimiter", ledger, holder: str, tokens: int, waited: float):
-        self.holder = holder
-        self.tokens = tokens  # the estimate charged at acquire
-        self.waited = waited
-        self._limiter = limiter
-        self._ledger = ledger
-        self._actual: int | None = None
-        self._cost = 0.0
-        self._released = False
-
-    def __enter__(self) -> "Permit":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.release()
-
-    def settle(self, actual_tokens: int | None = None, cost_usd: float = 0.0) -> None:
-        """The call's reported usage: tokens replace the estimate (refund or extra charge); cost adds to the day."""
-        if actual_tokens is not None:
-            self._actual = max(0, int(actual_tokens))
-        self._cost += max(0.0, float(cost_usd))
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            delta = 0 if self._actual is None else self._actual - self.tokens
-            self._limiter._release(self._ledger, self.holder, delta, self._cost, self._actual)
-
-
-class _Line:
-    """This process's threads waiting for a permit, first come first served; only the first asks the ledger."""
-
-    def __init__(self) -> None:
-        self._turn = threading.Condition()
-        self._queue: deque[list[float]] = deque()
-
-    def join(self) -> list[float]:
-        ticket = [time.monotonic()]
-        with self._turn:
-            self._queue.append(ticket)
-        return ticket
-
-    def wait_turn(self, ticket: list[float], deadline: float) -> bool:
-        with self._turn:
-            while self._queue[0] is not ticket:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._turn.wait(left)
-            return True
-
-    def leave(self, ticket: list[float]) -> None:
-        with self._turn:
-            self._queue.remove(ticket)
-            self._turn.notify_all()
-
-    def oldest_wait(self) -> float:
-        with self._turn:
-            return time.monotonic() - self._queue[0][0] if self._queue else 0.0
 
 
 class FleetLimiter:
@@ -126,7 +44,7 @@ class FleetLimiter:
         self._today = today
         self._redis = RedisLedger(client, prefix, limits)
         self._local = LocalLedger(limits)
-        self._line = _Line()
+        self._line = Line()
         self._state = threading.Lock()
         self._cool_until = 0.0  # monotonic; this process's copy of the fleet's cool-down
         self._down_since: float | None = None  # monotonic, while Redis is away
@@ -295,49 +213,3 @@ class FleetLimiter:
         self.observer.throttled(error.reason)
         log.info("llm_throttled", reason=error.reason, wait=round(error.wait, 3))
         return error
-
-
-class _FreePermit:
-    """What Unlimited grants: nothing to settle, nothing to give back."""
-
-    tokens = 0
-    waited = 0.0
-
-    def __enter__(self) -> "_FreePermit":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        pass
-
-    def settle(self, actual_tokens: int | None = None, cost_usd: float = 0.0) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-
-class Unlimited:
-    """Every limit off: FleetLimiter's interface without Redis, so a call costs no round trip."""
-
-    limits = Limits()
-    enforcing = False
-    degraded = False
-    _permit = _FreePermit()
-
-    def acquire(self, estimated_tokens: int = 0, deadline: float | None = None) -> _FreePermit:
-        return self._permit
-
-    def update(self, limits: Limits) -> None:
-        pass
-
-    def cooldown(self, seconds: float) -> float:
-        return 0.0
-
-    def budget_state(self) -> BudgetState:
-        return budget_state(0.0, 0.0)
-
-    def queue_wait(self) -> float:
-        return 0.0
-
-    def expected_wait(self, estimated_tokens: int = 0) -> float:
-        return 0.0
