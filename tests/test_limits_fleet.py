@@ -1,8 +1,10 @@
 """The fleet LLM limits with real processes: a daily budget that pauses and a HUP that raises it, LLM_RPM across two
 `report-worker run` parents, each process's share while Redis is away, and intake that stops while waits are long."""
 
+import json
 import signal
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -83,6 +85,50 @@ def test_a_budget_worth_20_reports_stores_20_keeps_20_queued_then_a_hup_that_rai
         assert statuses(rest) == {"success": 20}
         assert db.medical_reports.count_documents({}) == 40 and broker.depth(queue) == 0
         assert broker.depth(names["RABBITMQ_DLQ"]) == 0 and fake.stats()["calls"] == 41  # with the calibration
+
+
+def readyz(port: int) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+@pytest.mark.timeout(150)
+def test_readyz_says_budget_exhausted_while_the_budget_is_spent_and_clears_after_a_hup(
+        spawn, env, broker, db, cache, names, tmp_path):
+    with FakeLLM() as fake:
+        port = free_port()
+        env = {**env, "OPENAI_BASE_URL": fake.url, "LLM_PRICES": "gpt-4o=1000:0", "INTAKE_PROBE_SECONDS": "1",
+               "LLM_MAX_CONCURRENCY": "1", "METRICS_PORT": str(port)}
+        cost = one_report_costs(env)
+        config = tmp_path / "worker.toml"
+        config.write_text(f"llm_budget_usd_per_day = {cost * 1.5!r}\n")  # the 2nd call spends it
+        parent = spawn(["run", "--processes", "2", "--threads", "2", "--config", str(config)], env)
+        parent.wait_event("ready", timeout=30)
+        status, body = readyz(port)
+        assert status == 200 and not body.get("paused"), body   # red only because of the budget, below
+        for request in requests(4):
+            broker.publish(request)
+        status, body = wait_for(lambda: (lambda r: r if r[1].get("paused") == {"budget_exhausted": 2} else None)(
+            readyz(port)), 60, message=f"/readyz never said budget_exhausted: {readyz(port)}")
+        assert status == 503 and "budget_exhausted" in body["failed"] and body["consuming"] == 0
+        metrics = scrape(port)
+        assert samples(metrics, "report_worker_intake_paused", reason="budget_exhausted") == [1.0]
+        assert samples(metrics, "report_worker_llm_budget_usd", type="remaining") == [0.0]
+        queue = names["RABBITMQ_REQUEST_QUEUE"]
+        wait_for(lambda: broker.depth(queue) == 2, 20, message="the unstarted requests are not back in the queue")
+        assert db.medical_reports.count_documents({}) == 2 and broker.depth(names["RABBITMQ_DLQ"]) == 0
+
+        config.write_text(f"llm_budget_usd_per_day = {cost * 100!r}\n")
+        parent.signal(signal.SIGHUP)
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 200 else None)(readyz(port)), 60,
+                                message=f"/readyz stayed red after the HUP: {readyz(port)}")
+        assert "budget_exhausted" not in body.get("failed", []) and not body.get("paused")
+        assert statuses(broker.responses(4, timeout=60)) == {"success": 4}
+        assert db.medical_reports.count_documents({}) == 4 and broker.depth(names["RABBITMQ_DLQ"]) == 0
+        print(f"\nFIGURE budget_readyz: 503 budget_exhausted (2 children paused, 2 stored, 2 queued), 200 after HUP")
 
 
 @pytest.mark.slow
