@@ -286,3 +286,4 @@ def test_with_input_caching_off_redis_holds_no_patient_input(consumer, broker, d
     stored = db.medical_reports.find_one({"report_id": response["report_id"]})
     assert stored["report_data"]["input"]["patient"] == request["patient"]   # MongoDB keeps the audit trail
     assert db.users.count_documents({"user_id": "u-nocache"}) == 1
+    print(f"\nFIGURE scenario=cache_input_off input_keys={len(cache.keys(prefix + 'input:*'))} report_keys_with_input=0")

@@ -96,3 +96,5 @@ def test_pika_never_logs_the_body_of_a_returned_message(consumer, broker, names)
     output = worker.output()
     assert "Published message was returned" in output               # pika did log the return
     assert "Returnedbody-Marker-4711" not in output and "body_prefix" not in output
+    returns = sum("Published message was returned" in line for line in output.splitlines())
+    print(f"\nFIGURE scenario=pika_return_privacy returned_lines={returns} body_marker_lines=0")
