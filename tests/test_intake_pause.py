@@ -46,8 +46,10 @@ def test_a_refused_key_pauses_intake_until_the_llm_accepts_it_again(spawn, env, 
     for request in requests:
         broker.publish(request)
     wait_for(lambda: queued(broker, names), 60, message="the requests did not go back to the queue")
-    status, body = wait_for(lambda: (lambda r: r if r[1].get("paused") == {reason: 2} else None)(readyz(port)), 60,
-                            message="/readyz did not name the pause of both children")
+    # one answer where both children's pause and the capacity it takes away are seen together
+    status, body = wait_for(lambda: (lambda r: r if r[1].get("paused") == {reason: 2} and r[1].get("consuming") == 0
+                                     else None)(readyz(port)), 60,
+                            message="/readyz did not name the pause of both children with none consuming")
     assert status == 503 and reason in body["failed"] and body["consuming"] == 0
     assert metric(port, "report_worker_intake_paused", reason=reason) == 1
     assert broker.depth(names["RABBITMQ_RESPONSE_QUEUE"]) == 0 and broker.depth(names["RABBITMQ_DLQ"]) == 0

@@ -72,18 +72,18 @@ class Consumer:
 
     def status(self) -> Status:
         """Safe from any thread: it reads plain attributes the I/O thread writes."""
-        waiting = self.settler.waiting_since
+        waiting, paused = self.settler.waiting_since, tuple(sorted(self.pauses.reasons))  # reasons read once
         if self.draining or self.stopping:
             phase = lifecycle.DRAINING
         elif self.channel is None:
             phase = lifecycle.CONNECTING
         elif self.broker_blocked or (waiting is not None and time.monotonic() - waiting > BLOCKED_AFTER):
             phase = lifecycle.BLOCKED
-        elif self.pauses:
+        elif paused:
             phase = lifecycle.PAUSED
         else:
             phase = lifecycle.CONSUMING
-        return Status(phase, self.settled, len(self.pending), self.ticked_at, tuple(sorted(self.pauses.reasons)),
+        return Status(phase, self.settled, len(self.pending), self.ticked_at, paused,
                       self.node if self.connection is not None else "")
 
     # ---- the I/O thread ---------------------------------------------------------------------
