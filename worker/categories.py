@@ -56,6 +56,8 @@ NEGATION_AFTER = re.compile(
 )
 # A negation reaches across a list ("no diabetes, hypertension or smoking") but not past these.
 SCOPE_END = re.compile(r"\b(?:but|however|although|though|except|yet|apart from|has|have|with|reports|presents)\b")
+SEPARATORS = re.compile(r"[\s-]+")
+UNDERSCORES = re.compile(r"[_]+")
 CLAUSE_END = re.compile(r"[.;!?\n]+")
 SCOPE_WORDS = 6
 NO_DIABETES = ("", "no", "none", "false", "unknown")
@@ -116,7 +118,7 @@ def normalize(value: Any) -> str | None:
     """A category name as written by a person ("Blood Pressure", "lipids") as our key, or None."""
     if not isinstance(value, str) or not value.strip():
         return None
-    key = re.sub(r"[\s-]+", "_", value.strip().lower())
+    key = SEPARATORS.sub("_", value.strip().lower())
     return ALIASES.get(key, key)
 
 
@@ -161,7 +163,7 @@ def mentioned(value: Any) -> set[str]:
 def clauses(value: Any) -> Iterator[str]:
     """The value's text as lower-case clauses; a dict's scalars read as "key: value"."""
     for line in lines(value):
-        plain = re.sub(r"[_]+", " ", line.lower())
+        plain = UNDERSCORES.sub(" ", line.lower())
         yield from (part for part in CLAUSE_END.split(plain) if part.strip())
 
 

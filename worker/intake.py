@@ -88,7 +88,7 @@ def validate(body: bytes, max_bytes: int, content_type: str | None = None, signa
         raise InvalidRequest(_summarize(exc), *readable_ids(body), code=code) from None
     except RecursionError:
         raise InvalidRequest("message JSON is nested too deeply", code="invalid_json") from None
-    problem = unstorable(request.model_dump())
+    problem = unstorable(dict(request))  # the fields as parsed, without a dump of their own
     if problem:
         raise InvalidRequest(f"invalid request: {problem}", request.request_id, request.user_id,
                              code="unstorable_input")

@@ -14,6 +14,7 @@ HIDDEN = re.compile(
 # underline or a rule, or an ordered-list number.
 BULLET = re.compile(r"^([-+=])")
 ORDERED = re.compile(r"^(\d{1,9})([.)])(?=\s|$)")
+MARK_BEFORE_PAREN = re.compile(r"(\[\d[\d, ]*\])\(")
 SAFE_URL = re.compile(r"https?://[^\s<>\"'\[\]`|]+")
 
 
@@ -28,7 +29,7 @@ def inline(text: object) -> str:
     line = " ".join(clean(text).split())
     escaped = INLINE_SPECIAL.sub(r"\\\1", line)
     escaped = KEPT_MARK.sub(r"[\1]", escaped)
-    escaped = re.sub(r"(\[\d[\d, ]*\])\(", r"\1\\(", escaped)  # "[1](x)" stays text, not a link
+    escaped = MARK_BEFORE_PAREN.sub(r"\1\\(", escaped)  # "[1](x)" stays text, not a link
     return escaped.replace("![", "\\![")
 
 

@@ -18,6 +18,10 @@ UNIT = (
     r"calories\b|kilograms?\b|kg\b|lbs?\b|pounds?\b|cm\b|mm\b|milligrams?\b|mg\b|mcg\b|[µμ]g\b|ml\b|grams?\b|g\b|"
     r"units?\b|°\s?[cf]\b|degrees\b)"
 )
+NUMBER_RE = re.compile(NUMBER)
+WRITTEN = re.compile(rf"(?<![^\W\d]){NUMBER}")  # not the 1 of "A1c" or the 2 of "m2"
+GROUPED = re.compile(r"\d+(?:,\d{3})+")
+SPACES = re.compile(r"\s+")
 MEASURE = re.compile(rf"(?<![\w.,/])(?P<value>{CHAIN})\s*{UNIT}", re.IGNORECASE)
 BARE = re.compile(rf"(?<![\w.,/\[]){NUMBER}(?![\w\]]|[.,]\d)")
 CITATION = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
@@ -47,7 +51,7 @@ class Mention:
 def value_of(text: str) -> tuple[Decimal, int] | None:
     """A written number ("2,300", "6.1", "6,1") as a Decimal and its count of decimals."""
     plain = text.strip()
-    if re.fullmatch(r"\d+(?:,\d{3})+", plain):
+    if GROUPED.fullmatch(plain):
         plain = plain.replace(",", "")
     plain = plain.replace(",", ".")
     try:
@@ -60,7 +64,7 @@ def value_of(text: str) -> tuple[Decimal, int] | None:
 
 def numbers_in(text: str) -> Iterator[tuple[str, Decimal, int]]:
     """Every number in a text, as written, with its value and decimals."""
-    for match in re.finditer(rf"(?<![^\W\d]){NUMBER}", text):  # not the 1 of "A1c" or the 2 of "m2"
+    for match in WRITTEN.finditer(text):
         parsed = value_of(match.group())
         if parsed:
             yield match.group(), *parsed
@@ -71,12 +75,12 @@ def mentions(text: str, analytes: Iterable[str] = ()) -> list[Mention]:
     plain = CITATION.sub(lambda m: " " * len(m.group()), text)
     found: dict[int, Mention] = {}
     for match in MEASURE.finditer(plain):
-        for number in re.finditer(NUMBER, match.group("value")):
+        for number in NUMBER_RE.finditer(match.group("value")):
             add(found, match.start("value") + number.start(), number.group(), clinical=True)
     context = analyte_pattern(tuple(sorted({name.lower() for name in analytes if len(name) >= 3})))
     for match in context.finditer(plain):
         if not NOT_A_VALUE.match(plain[match.end():]):
-            for number in re.finditer(NUMBER, match.group("value")):
+            for number in NUMBER_RE.finditer(match.group("value")):
                 add(found, match.start("value") + number.start(), number.group(), clinical=True)
     for match in BARE.finditer(plain):
         add(found, match.start(), match.group(), clinical=False)
@@ -133,5 +137,5 @@ def lab_names(labs: Iterable[Any]) -> list[str]:
         if isinstance(lab, Mapping):
             for key in ("name", "test", "test_name", "display", "label", "analyte", "code"):
                 if isinstance(lab.get(key), str) and lab[key].strip():
-                    names.append(re.sub(r"\s+", " ", lab[key].strip())[:60])
+                    names.append(SPACES.sub(" ", lab[key].strip())[:60])
     return names

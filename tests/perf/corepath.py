@@ -28,7 +28,7 @@ from worker import fakeanswers
 from worker.cache import _iso
 from worker.categories import categories_for
 from worker.errors import InvalidRequest, ReportError
-from worker.facts import input_digest
+from worker.facts import clinical_input, input_digest
 from worker.intake import validate
 from worker.llm import Completion, ReportWriter, estimate_tokens
 from worker.pipeline import input_changed, report_document, success
@@ -116,8 +116,8 @@ class Corepath:
             request = validate(body, MAX_BYTES)
         except InvalidRequest as exc:
             return {"invalid": exc.code, "message": str(exc)}
-        document = request.model_dump(mode="json")
-        digest = input_digest(request)
+        document = request.model_dump(mode="json")  # as Pipeline.process and _generate_and_store do
+        digest = input_digest(request, clinical_input(request, document))
         categories = categories_for(request)
         previous_raw = self.inputs.get(request.user_id)
         self.inputs[request.user_id] = json.dumps(document)
@@ -130,7 +130,8 @@ class Corepath:
             generated = self.writer.generate(request, categories, entries_cache[key])
         except ReportError as exc:
             return {"calls": self.writer.calls, "failed": exc.code, "message": str(exc)}
-        report = report_document(request, generated, categories, input_changed(previous, document), digest)
+        report = report_document(request, generated, categories, input_changed(previous, document), digest,
+                                 clinical_input(request, document))
         report["report_id"] = f"report-{self.count}"
         report["created_at"], report["processed_by"] = FIXED_TIME, "corepath"
         cached = json.dumps(report, default=_iso)
