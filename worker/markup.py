@@ -27,6 +27,8 @@ def clean(text: object) -> str:
 def inline(text: object) -> str:
     """One line of text: whitespace (newlines too) collapsed, every special character escaped."""
     line = " ".join(clean(text).split())
+    if not INLINE_SPECIAL.search(line):  # nothing to escape (and so no mark, no "[1](", no "![")
+        return line
     escaped = INLINE_SPECIAL.sub(r"\\\1", line)
     escaped = KEPT_MARK.sub(r"[\1]", escaped)
     escaped = MARK_BEFORE_PAREN.sub(r"\1\\(", escaped)  # "[1](x)" stays text, not a link

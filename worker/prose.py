@@ -24,6 +24,10 @@ TLDS = ("com|org|net|edu|gov|mil|int|info|biz|io|co|ly|ai|app|dev|xyz|online|sit
         "ws|gg|gl|link|click|top|pro|online|news|club|info|med|pharmacy")
 DOMAIN = re.compile(rf"\b(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+(?:{TLDS})\b(?![-.]?\w)"
                     r"|\b[a-z0-9-]+\.[a-z]{2,}/\S", re.I)
+# Cheap tests that rule a pattern out before it runs: URL's alternatives but "www." all need a ":", and a
+# domain always has a letter or digit, a dot and a letter in a row.
+WWW = re.compile(r"\bwww\d?\.", re.I)
+DOMAIN_HINT = re.compile(r"[a-z0-9-]\.[a-z]", re.I)
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PHONE = re.compile(r"(?<![\w.,/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,5}){1,4}"
                    r"(?![\w/]|[.,]\d)")
@@ -42,6 +46,9 @@ FOREIGN_CITATIONS = (
     re.compile(r"(?<![mM])[¹²³⁴⁵⁶⁷⁸⁹⁰]+|[⁽][¹²³⁴⁵⁶⁷⁸⁹⁰]+[⁾]"),  # superscripts, but not m² or cm²
     re.compile(r"\b(?:source|reference|ref|entry|citation|kb)\s*(?:no\.?|number|#)?\s*\d{1,3}\b", re.I),
 )
+# The ones that need a character outside ASCII: an ASCII text is spared them.
+NON_ASCII_CITATIONS = (FOREIGN_CITATIONS[2], FOREIGN_CITATIONS[5])
+ASCII_CITATIONS = tuple(pattern for pattern in FOREIGN_CITATIONS if pattern not in NON_ASCII_CITATIONS)
 # Parts of the report only our renderer writes; a title or heading that claims one is a forgery.
 RESERVED = re.compile(r"red[\s-]*flags?|act now|disclaimer|^\W*(?:sources?|references|bibliography|citations)\b", re.I)
 
@@ -57,11 +64,11 @@ def unsafe_kind(text: str) -> str | None:
         return "HTML"
     if HIDDEN.search(text):
         return "invisible control characters"
-    if URL.search(text):
+    if (URL if ":" in text else WWW).search(text):
         return "a URL"
-    if EMAIL.search(text):
+    if "@" in text and EMAIL.search(text):
         return "an e-mail address"
-    if DOMAIN.search(text):
+    if DOMAIN_HINT.search(text) and DOMAIN.search(text):
         return "a domain name"
     if any(phone_like(match.group()) for match in PHONE.finditer(text)):
         return "a phone number"
@@ -82,7 +89,7 @@ def marks_in(text: str) -> Iterator[int]:
 def foreign_citation(text: str) -> bool:
     """Whether the text cites in a syntax other than [n]: (1), [^2], [1-3], [Source 4], 【1】, superscripts."""
     rest = CITATION.sub(" ", text)
-    return any(pattern.search(rest) for pattern in FOREIGN_CITATIONS)
+    return any(pattern.search(rest) for pattern in (ASCII_CITATIONS if rest.isascii() else FOREIGN_CITATIONS))
 
 
 def reserved(text: str) -> bool:
