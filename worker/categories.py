@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 # Overall risk first (the frame the clinician explains everything else in), then the measured risk
@@ -118,6 +119,11 @@ def normalize(value: Any) -> str | None:
     """A category name as written by a person ("Blood Pressure", "lipids") as our key, or None."""
     if not isinstance(value, str) or not value.strip():
         return None
+    return normalized(value)
+
+
+@lru_cache(maxsize=1024)  # category names: the same few on every request
+def normalized(value: str) -> str:
     key = SEPARATORS.sub("_", value.strip().lower())
     return ALIASES.get(key, key)
 

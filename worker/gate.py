@@ -86,7 +86,7 @@ def accept_answer(answer: str | None, *, refusal: str | None = None, finish_reas
             raise GateFailure("llm_refused", "the answer is prose that refuses") from None
         where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
         raise GateFailure("report_malformed", f"the answer is not valid JSON{where}") from None
-    if any(prose.refuses(text) for text in strings_in(data)):
+    if prose.any_refuses(strings_in(data)):
         raise GateFailure("llm_refused", "a field of the JSON answer refuses")
     if isinstance(data, dict) and data.get("sections") == []:
         raise GateFailure("report_incomplete", "the answer has no sections")
@@ -138,15 +138,18 @@ def inspect(answer: str | None, *, categories: Sequence[str], knowledge: Sequenc
     return results
 
 
-def strings_in(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from strings_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings_in(item)
+def strings_in(value: Any) -> list[str]:
+    """Every string in a JSON value, depth first, in order."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, (dict, Mapping)):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
 
 
 def sorted_sections(content: ReportContent) -> list[dict]:

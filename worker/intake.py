@@ -119,7 +119,7 @@ def unstorable(value: Any, where: str = "", depth: int = 0) -> str:
         return f"{where}: a number that is not finite (NaN or Infinity is not JSON)"
     elif isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
         return f"{where}: integer beyond 64 bits"
-    elif isinstance(value, str):
+    elif isinstance(value, str) and not value.isascii():  # ASCII is valid UTF-8
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

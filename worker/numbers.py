@@ -19,6 +19,7 @@ UNIT = (
     r"units?\b|°\s?[cf]\b|degrees\b)"
 )
 NUMBER_RE = re.compile(NUMBER)
+DIGIT = re.compile(r"\d")
 WRITTEN = re.compile(rf"(?<![^\W\d]){NUMBER}")  # not the 1 of "A1c" or the 2 of "m2"
 GROUPED = re.compile(r"\d+(?:,\d{3})+")
 SPACES = re.compile(r"\s+")
@@ -73,6 +74,8 @@ def numbers_in(text: str) -> Iterator[tuple[str, Decimal, int]]:
 def mentions(text: str, analytes: Iterable[str] = ()) -> list[Mention]:
     """The numbers of a piece of prose; citation marks such as [2] are not numbers."""
     plain = CITATION.sub(lambda m: " " * len(m.group()), text)
+    if not DIGIT.search(plain):  # every pattern below starts from a digit
+        return []
     found: dict[int, Mention] = {}
     for match in MEASURE.finditer(plain):
         for number in NUMBER_RE.finditer(match.group("value")):
@@ -108,16 +111,16 @@ def values_in(value: Any) -> set[Decimal]:
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, bool) or item is None:
+        if isinstance(item, str):
+            found.update(number for _, number, _ in numbers_in(item))
+        elif isinstance(item, bool) or item is None:
             continue
-        if isinstance(item, (int, float)):
+        elif isinstance(item, (int, float)):
             try:
                 found.add(Decimal(str(item)))
             except InvalidOperation:
                 pass
-        elif isinstance(item, str):
-            found |= {number for _, number, _ in numbers_in(item)}
-        elif isinstance(item, Mapping):
+        elif isinstance(item, (dict, Mapping)):  # dict first: an ABC check costs more
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)

@@ -1,7 +1,7 @@
 """What the model's prose may not hold: refusals, links, contact details, HTML, other citation syntaxes."""
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 REFUSALS = (
     # "I'm sorry, but I can't …", "We are afraid we cannot …"
@@ -56,6 +56,14 @@ RESERVED = re.compile(r"red[\s-]*flags?|act now|disclaimer|^\W*(?:sources?|refer
 def refuses(text: str) -> bool:
     """Whether a piece of text is the model declining to answer."""
     return any(pattern.search(text) for pattern in REFUSALS)
+
+
+def any_refuses(texts: Iterable[str]) -> bool:
+    """`any(refuses(text) for text in texts)` in one search per pattern: the texts joined by NUL, which no
+    pattern matches and which is a word boundary as a text's end is (the opening one still runs per text)."""
+    texts = list(texts)
+    joined = "\x00".join(texts)
+    return any(pattern.search(joined) for pattern in REFUSALS[:-1]) or any(map(REFUSALS[-1].search, texts))
 
 
 def unsafe_kind(text: str) -> str | None:
