@@ -4,6 +4,7 @@ Each `old_*` below is the replaced code, kept word for word; hypothesis feeds bo
 including the characters that make case-insensitive patterns and guards differ (ſ, K, ı, NUL, superscripts)."""
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
@@ -91,7 +92,7 @@ def old_mentions(text, analytes=()):
 
 
 def old_inline(text):
-    line = " ".join(markup.clean(text).split())
+    line = " ".join(old_clean(text).split())
     escaped = markup.INLINE_SPECIAL.sub(r"\\\1", line)
     escaped = markup.KEPT_MARK.sub(r"[\1]", escaped)
     escaped = re.sub(r"(\[\d[\d, ]*\])\(", r"\1\\(", escaped)
@@ -122,6 +123,41 @@ def old_strings_in(value):
     elif isinstance(value, list):
         for item in value:
             yield from old_strings_in(item)
+
+
+def old_unstorable(value, where="", depth=0):
+    if depth > 48:
+        return f"{where or 'message'}: nested more than 48 levels"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            place = f"{where}.{key}" if where else str(key)
+            if not isinstance(key, str) or "\x00" in key or key.startswith("$"):
+                return f"{where or 'message'}: a key MongoDB cannot store (it holds NUL or starts with $)"
+            problem = old_unstorable(item, place, depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = old_unstorable(item, f"{where}.{index}", depth + 1)
+            if problem:
+                return problem
+    elif isinstance(value, bool):
+        return ""
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{where}: a number that is not finite (NaN or Infinity is not JSON)"
+    elif isinstance(value, int) and not -2 ** 63 <= value <= 2 ** 63 - 1:
+        return f"{where}: integer beyond 64 bits"
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where}: text that is not valid UTF-8"
+    return ""
+
+
+def old_clean(text):
+    plain = "" if text is None else str(text)
+    return markup.HIDDEN.sub("", plain.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " "))
 
 
 def old_normalize(value):
@@ -179,7 +215,31 @@ def test_entry_values_as_before(entry):
 @FAST
 @given(TEXT | JSON)
 def test_inline_as_before(text):
+    assert markup.clean(text) == old_clean(text)
     assert markup.inline(text) == old_inline(text)
+
+
+STORABLE = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | TEXT | st.text(),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                            TEXT | st.sampled_from(["$set", "a\x00b", "ok"]) | st.integers(0, 3), inner, max_size=3),
+                        max_leaves=12)
+
+
+def nested(depth, leaf):
+    return leaf if depth == 0 else {"x": [nested(depth - 1, leaf)]}
+
+
+@FAST
+@given(STORABLE, st.integers(0, 50))
+def test_unstorable_as_before(value, depth):
+    assert unstorable(value) == old_unstorable(value)
+    assert unstorable(value, "labs", depth) == old_unstorable(value, "labs", depth)
+
+
+@pytest.mark.parametrize("depth", [20, 23, 24, 25, 30])
+def test_unstorable_depth_as_before(depth):
+    for leaf in ("x", "\ud800", 2 ** 64, float("nan"), {"$a": 1}):
+        assert unstorable(nested(depth, leaf)) == old_unstorable(nested(depth, leaf))
 
 
 @FAST

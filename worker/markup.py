@@ -21,6 +21,8 @@ SAFE_URL = re.compile(r"https?://[^\s<>\"'\[\]`|]+")
 def clean(text: object) -> str:
     """Text without hidden characters; tabs and carriage returns as plain spaces and newlines."""
     plain = "" if text is None else str(text)
+    if plain.isprintable():  # no control or format character at all, so nothing hidden, no tab, no newline
+        return plain
     return HIDDEN.sub("", plain.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " "))
 
 
