@@ -14,12 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker import categories, disclosure, gate, markup, numbers, prose
+from worker import categories, clients, disclosure, gate, markup, numbers, prose
 from worker.errors import InvalidRequest
 from worker.facts import clinical_input, input_digest
 from worker.intake import unstorable, validate
 from worker.numbers import NUMBER, value_of
 from worker.schemas import ReportGenerationRequest
+from worker.settings import load
 
 SAMPLE = json.loads((Path(__file__).resolve().parents[1] / "worker" / "data" / "sample_request.json").read_text())
 FRAGMENTS = [
@@ -297,3 +298,14 @@ def test_one_dump_gives_the_same_input_digest_and_stored_input():
     assert input_digest(request, clinical_input(request, document)) == input_digest(request)
     with pytest.raises(InvalidRequest):  # an int beyond 64 bits is refused at intake, as before
         validate(json.dumps({**SAMPLE, "labs": [{"value": 2 ** 70}]}).encode(), 1 << 20)
+
+
+@pytest.mark.parametrize("threads", [1, 32, 128, 300])
+def test_llm_connection_pool_holds_a_connection_per_thread(threads):
+    """Issue 14: every worker thread keeps its HTTP connection to the LLM between calls (none is closed and reopened)."""
+    writer = clients.writer(load(environ={"WORKER_THREADS": str(threads), "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}))
+    try:
+        pool = writer._client._client._transport._pool
+        assert pool._max_keepalive_connections >= threads and pool._max_connections >= threads
+    finally:
+        writer.close()
