@@ -18,7 +18,9 @@ from worker import categories, clients, disclosure, gate, markup, numbers, prose
 from worker.errors import InvalidRequest
 from worker.facts import clinical_input, input_digest
 from worker.intake import unstorable, validate
+from worker.llm import estimate_tokens, json_length
 from worker.numbers import NUMBER, value_of
+from worker.prompt import document_json
 from worker.schemas import ReportGenerationRequest
 from worker.settings import load
 
@@ -309,3 +311,29 @@ def test_llm_connection_pool_holds_a_connection_per_thread(threads):
         assert pool._max_keepalive_connections >= threads and pool._max_connections >= threads
     finally:
         writer.close()
+
+
+MESSAGES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT | st.text(),
+                        lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner) | st.dictionaries(
+                            TEXT | st.text() | st.integers(0, 3) | st.booleans(), inner, max_size=3), max_leaves=15)
+
+
+@FAST
+@given(MESSAGES)
+def test_json_length_as_before(value):
+    assert json_length(value) == len(json.dumps(value))
+    assert estimate_tokens([{"role": "user", "content": value}], {"type": "json_object"}) == len(json.dumps(
+        {"messages": [{"role": "user", "content": value}], "response_format": {"type": "json_object"}})) // 4
+
+
+@FAST
+@given(st.dictionaries(TEXT, MESSAGES, max_size=3),
+       st.lists(st.fixed_dictionaries({"n": st.integers(1, 9), "id": TEXT, "title": TEXT, "content": MESSAGES}),
+                max_size=4))
+def test_prompt_document_json_as_before(document, knowledge):
+    for value in ({**document, "knowledge": knowledge}, {"knowledge": knowledge, **document}, document):
+        assert document_json(value) == json.dumps(value, ensure_ascii=False, default=str)
+    # the same entries again (a cache hit) and an entry that cannot be a cache key give the same text
+    assert document_json({"knowledge": knowledge}) == json.dumps({"knowledge": knowledge}, ensure_ascii=False)
+    odd = [*knowledge, {"n": 1, "content": {"a": [1]}, "when": Path("x")}]
+    assert document_json({"knowledge": odd}) == json.dumps({"knowledge": odd}, ensure_ascii=False, default=str)

@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from worker.disclosure import DEFAULT_PATIENT_FIELDS, patient_for_llm
@@ -73,8 +74,33 @@ def build_messages(request: Any, knowledge: Sequence[Mapping], categories: Seque
     document = prompt_document(request, knowledge, categories, patient_fields)
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(shape=shape)},
-        {"role": "user", "content": json.dumps(document, ensure_ascii=False, default=str)},
+        {"role": "user", "content": document_json(document)},
     ]
+
+
+def document_json(document: Mapping[str, Any]) -> str:
+    """`json.dumps(document, ensure_ascii=False, default=str)`, with the knowledge list's JSON made once per
+    set of entries (the knowledge base's text, the same for many requests; JSON pieces join into the same text)."""
+    parts = []
+    for key, value in document.items():
+        if key == "knowledge":
+            try:
+                encoded = knowledge_json(tuple(tuple(entry.items()) for entry in value))
+            except TypeError:  # a value that cannot be a cache key
+                encoded = _dumps(value)
+        else:
+            encoded = _dumps(value)
+        parts.append(f"{_dumps(key)}: {encoded}")
+    return "{" + ", ".join(parts) + "}"
+
+
+@lru_cache(maxsize=256)
+def knowledge_json(entries: tuple[tuple[tuple[str, Any], ...], ...]) -> str:
+    return _dumps([dict(entry) for entry in entries])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def repair_messages(messages: list[dict], answer: str | None, reason: str) -> list[dict]:
