@@ -26,12 +26,18 @@ from worker.settings import load
 
 SAMPLE = json.loads((Path(__file__).resolve().parents[1] / "worker" / "data" / "sample_request.json").read_text())
 FRAGMENTS = [
-    "I'm sorry, but I can't help", "we are afraid we cannot", "As an AI", "as a language model", "Sorry", "i am unable to "
+    "I'm sorry, but I can't help", "we are afraid we cannot", "As an AI", "as a language model", "Sorry",
+    "i am unable to "
     "provide", "www.", "WWW2.", "http://", "https://x.org/a", "mailto:", "tel: +1", "data:text/html;", "example.com",
     "bit.ly/x", "e.g. ", "a@b.co", "@", "mg/dL", "mmHg", "kg/m²", "%", "[1]", "[1, 2]", "[^2]", "[Source 4]", "(1)",
-    "【1】", "¹²", "m²", "source 2", "ref #3", "LDL 162", "HbA1c of 6.1 %", "2,300 mg", "6,1", "150 minutes", "555 123 4567",
+    "【1】", "¹²", "m²", "source 2", "ref #3", "LDL 162", "HbA1c of 6.1 %", "2,300 mg", "6,1", "150 minutes",
+    "555 123 4567",
     "2026-12-01", "<b>", "<!--", "\u202e", "\x00", "\n", "\t", " ", ".", ":", "-", "_", "*", "|", "#", "!", "[", "](x)",
     "\\", "`", "~", "&", "<", ">", "ſ", "\u212a", "ı", "İ", "µ", "Blood Pressure", "non-smoker", "no diabetes", "heart",
+    "as an a\u0130", "ok. I'm \u017forry, but I can't.", "we are afraid we cannot help", "I won't write",
+    "ſource 2", "\u212aB 3",
+    "HTTPS://X.ORG", "JavaScript:", "TEL:5", "Data:image/png;", "I AM AN AI", "As A Large Language Model", "1-2 3",
+    "555.123.4567", "(555) 123-4567", "+44 20 7946 0958",
 ]
 ALPHABET = "aAbcdeiIklmoprsStwWxyz0123456789 .,:;@/[]()-_#*|!&~`<>\\\n\t\x00¹²【】ſ\u212aıİµ’'%"
 TEXT = st.lists(st.sampled_from(FRAGMENTS) | st.text(alphabet=ALPHABET, max_size=12), max_size=12).map("".join)
@@ -110,6 +116,10 @@ def old_unsafe_kind(text):
     if any(prose.phone_like(match.group()) for match in prose.PHONE.finditer(text)):
         return "a phone number"
     return None
+
+
+def old_refuses(text):
+    return any(pattern.search(text) for pattern in prose.REFUSALS)
 
 
 def old_foreign_citation(text):
@@ -255,12 +265,14 @@ def test_prose_checks_as_before(text):
 @FAST
 @given(st.lists(TEXT, max_size=6))
 def test_refusals_in_one_search_as_before(texts):
-    assert prose.any_refuses(texts) == any(prose.refuses(text) for text in texts)
-    assert prose.any_refuses(iter(texts)) == any(prose.refuses(text) for text in texts)
+    assert prose.any_refuses(texts) == any(old_refuses(text) for text in texts)
+    assert prose.any_refuses(iter(texts)) == any(old_refuses(text) for text in texts)
+    assert [prose.refuses(text) for text in texts] == [old_refuses(text) for text in texts]
 
 
 @pytest.mark.parametrize("texts, refused", [
-    (["fine", "I'm sorry, but I can't help with that."], True), (["I", "am afraid I cannot"], False), (["i", "can't help"], False),
+    (["fine", "I'm sorry, but I can't help with that."], True), (["I", "am afraid I cannot"], False),
+    (["i", "can't help"], False),
     (["x", "Sorry, no."], True), (["As an", "AI"], False), (["ok\x00", "as an AI model"], True), ([], False),
 ])
 def test_refusals_do_not_join_across_texts(texts, refused):
@@ -304,7 +316,7 @@ def test_one_dump_gives_the_same_input_digest_and_stored_input():
 
 @pytest.mark.parametrize("threads", [1, 32, 128, 300])
 def test_llm_connection_pool_holds_a_connection_per_thread(threads):
-    """Issue 14: every worker thread keeps its HTTP connection to the LLM between calls (none is closed and reopened)."""
+    """Issue 14: every worker thread keeps its HTTP connection to the LLM between calls (none closed and reopened)."""
     writer = clients.writer(load(environ={"WORKER_THREADS": str(threads), "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}))
     try:
         pool = writer._client._client._transport._pool
