@@ -37,7 +37,8 @@ FRAGMENTS = [
     "as an a\u0130", "ok. I'm \u017forry, but I can't.", "we are afraid we cannot help", "I won't write",
     "ſource 2", "\u212aB 3",
     "HTTPS://X.ORG", "JavaScript:", "TEL:5", "Data:image/png;", "I AM AN AI", "As A Large Language Model", "1-2 3",
-    "555.123.4567", "(555) 123-4567", "+44 20 7946 0958",
+    "555.123.4567", "(555) 123-4567", "+44 20 7946 0958", "Blood Pressure 138/86 mmHg", "BM\u0130 28", "kb 4",
+    "hämoglobin 13.5", "μmol 7", "weight: 91 kg", "LDL of 126", "1,2", "a1", "x2.5", "/3", "[4", ".5", "12-18 5",
 ]
 ALPHABET = "aAbcdeiIklmoprsStwWxyz0123456789 .,:;@/[]()-_#*|!&~`<>\\\n\t\x00¹²【】ſ\u212aıİµ’'%"
 TEXT = st.lists(st.sampled_from(FRAGMENTS) | st.text(alphabet=ALPHABET, max_size=12), max_size=12).map("".join)
@@ -84,10 +85,14 @@ def old_numbers_in(text):
             yield match.group(), *parsed
 
 
+OLD_MEASURE = re.compile(rf"(?<![\w.,/])(?P<value>{numbers.CHAIN})\s*{numbers.UNIT}", re.IGNORECASE)
+OLD_BARE = re.compile(rf"(?<![\w.,/\[]){NUMBER}(?![\w\]]|[.,]\d)")
+
+
 def old_mentions(text, analytes=()):
     plain = numbers.CITATION.sub(lambda m: " " * len(m.group()), text)
     found = {}
-    for match in numbers.MEASURE.finditer(plain):
+    for match in OLD_MEASURE.finditer(plain):
         for number in re.finditer(NUMBER, match.group("value")):
             numbers.add(found, match.start("value") + number.start(), number.group(), clinical=True)
     context = numbers.analyte_pattern(tuple(sorted({name.lower() for name in analytes if len(name) >= 3})))
@@ -95,7 +100,7 @@ def old_mentions(text, analytes=()):
         if not numbers.NOT_A_VALUE.match(plain[match.end():]):
             for number in re.finditer(NUMBER, match.group("value")):
                 numbers.add(found, match.start("value") + number.start(), number.group(), clinical=True)
-    for match in numbers.BARE.finditer(plain):
+    for match in OLD_BARE.finditer(plain):
         numbers.add(found, match.start(), match.group(), clinical=False)
     return [found[position] for position in sorted(found)]
 
@@ -205,7 +210,8 @@ def test_patient_fields_as_before(patient, fields):
 
 
 @FAST
-@given(TEXT, st.lists(TEXT | st.sampled_from(["LDL Cholesterol", "HbA1c", "eGFR"]), max_size=3))
+@given(TEXT, st.lists(TEXT | st.sampled_from(["LDL Cholesterol", "HbA1c", "eGFR", "Hämoglobin", "\u212aB", "µmol",
+                                               "Blood Pressure"]), max_size=3))
 def test_numbers_as_before(text, analytes):
     assert list(numbers.numbers_in(text)) == list(old_numbers_in(text))
     assert numbers.mentions(text, analytes) == old_mentions(text, analytes)

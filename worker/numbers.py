@@ -18,13 +18,19 @@ UNIT = (
     r"calories\b|kilograms?\b|kg\b|lbs?\b|pounds?\b|cm\b|mm\b|milligrams?\b|mg\b|mcg\b|[µμ]g\b|ml\b|grams?\b|g\b|"
     r"units?\b|°\s?[cf]\b|degrees\b)"
 )
+# The patterns below start with a digit and look behind it from there (`\d(?<!X\d)` is `(?<!X)\d`), so
+# that the regex engine skips ahead to the next digit instead of trying every position.
+AFTER_FIRST_DIGIT = r"\d*(?:,\d{3})*(?:[.,]\d+)?"  # NUMBER without its first digit
 NUMBER_RE = re.compile(NUMBER)
 DIGIT = re.compile(r"\d")
-WRITTEN = re.compile(rf"(?<![^\W\d]){NUMBER}")  # not the 1 of "A1c" or the 2 of "m2"
+WRITTEN = re.compile(rf"\d(?<![^\W\d]\d){AFTER_FIRST_DIGIT}")  # not the 1 of "A1c" or the 2 of "m2"
 GROUPED = re.compile(r"\d+(?:,\d{3})+")
 SPACES = re.compile(r"\s+")
-MEASURE = re.compile(rf"(?<![\w.,/])(?P<value>{CHAIN})\s*{UNIT}", re.IGNORECASE)
-BARE = re.compile(rf"(?<![\w.,/\[]){NUMBER}(?![\w\]]|[.,]\d)")
+MEASURE = re.compile(rf"(?P<value>\d(?<![\w.,/]\d){AFTER_FIRST_DIGIT}{CHAIN[len(NUMBER):]})\s*{UNIT}", re.IGNORECASE)
+BARE = re.compile(rf"\d(?<![\w.,/\[]\d){AFTER_FIRST_DIGIT}(?![\w\]]|[.,]\d)")
+# re.IGNORECASE matches these four non-ASCII characters to ASCII letters (İ ı ſ K); a text without them can be
+# tested for ASCII names with `in` on its lower case (worker/prose.py has the same test).
+FOLDS_TO_ASCII = frozenset("\u0130\u0131\u017f\u212a")
 CITATION = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 # A number written soon after the name of a measurement is that measurement, with or without a unit.
 ANALYTES = (
@@ -80,14 +86,23 @@ def mentions(text: str, analytes: Iterable[str] = ()) -> list[Mention]:
     for match in MEASURE.finditer(plain):
         for number in NUMBER_RE.finditer(match.group("value")):
             add(found, match.start("value") + number.start(), number.group(), clinical=True)
-    context = analyte_pattern(tuple(sorted({name.lower() for name in analytes if len(name) >= 3})))
-    for match in context.finditer(plain):
+    names = tuple(sorted({name.lower() for name in analytes if len(name) >= 3}))
+    context = analyte_pattern(names)
+    for match in context.finditer(plain) if may_name(plain, names) else ():
         if not NOT_A_VALUE.match(plain[match.end():]):
             for number in NUMBER_RE.finditer(match.group("value")):
                 add(found, match.start("value") + number.start(), number.group(), clinical=True)
     for match in BARE.finditer(plain):
         add(found, match.start(), match.group(), clinical=False)
     return [found[position] for position in sorted(found)]
+
+
+def may_name(text: str, names: tuple[str, ...]) -> bool:
+    """False only when none of our analyte names or `names` is in the text (tested with `in`, where that is exact)."""
+    if not (text.isascii() or FOLDS_TO_ASCII.isdisjoint(text)) or not all(name.isascii() for name in names):
+        return True
+    low = text.lower()
+    return any(name in low for name in ANALYTES) or any(name in low for name in names)
 
 
 def add(found: dict[int, Mention], position: int, text: str, clinical: bool) -> None:
