@@ -285,6 +285,22 @@ def test_refusals_do_not_join_across_texts(texts, refused):
     assert prose.any_refuses(texts) is refused
 
 
+def old_mentioned(value):
+    found = set()
+    for clause in categories.clauses(value):
+        for category, pattern in categories.KEYWORDS:
+            if any(not categories.negated(clause, match, category) for match in pattern.finditer(clause)):
+                found.add(category)
+    return found
+
+
+@FAST
+@given(TEXT | JSON | st.lists(st.sampled_from(["no heart disease", "Former smoker; BMI 31", "walks daily", "LDL high",
+                                               "Hypertension, prediabetes", "statin", "vaping", "ascvd 12%", "HbA1c"])))
+def test_category_keywords_as_before(value):
+    assert categories.mentioned(value) == old_mentioned(value)
+
+
 @FAST
 @given(TEXT | JSON)
 def test_category_names_as_before(value):

@@ -41,6 +41,10 @@ KEYWORDS = (
     ("nutrition", re.compile(r"\bdiet|nutrition|sodium|\bsalt\b|\bfood|eating")),
     ("physical_activity", re.compile(r"exercis|physical activity|\bwalk|\bsteps\b|fitness")),
 )
+# Each pattern's alternatives are plain words (\b aside): a clause holding none of them is not searched.
+KEYWORD_WORDS = {category: tuple(word.replace(r"\b", "") for word in pattern.pattern.split("|"))
+                 for category, pattern in KEYWORDS}
+assert all(re.fullmatch(r"[a-z0-9 ]+", word) for words in KEYWORD_WORDS.values() for word in words)
 # Words before a mention that say the patient does not have it (or that it is someone else's):
 # "no", "denies", "non-smoker", "never smoked", "former smoker", "family history of diabetes".
 NEGATION_BEFORE = re.compile(
@@ -161,6 +165,8 @@ def mentioned(value: Any) -> set[str]:
     found = set()
     for clause in clauses(value):
         for category, pattern in KEYWORDS:
+            if not any(word in clause for word in KEYWORD_WORDS[category]):
+                continue
             if any(not negated(clause, match, category) for match in pattern.finditer(clause)):
                 found.add(category)
     return found
