@@ -18,7 +18,6 @@ from worker import categories, clients, disclosure, gate, markup, numbers, prose
 from worker.errors import InvalidRequest
 from worker.facts import clinical_input, input_digest
 from worker.intake import unstorable, validate
-from worker.llm import estimate_tokens, json_length
 from worker.numbers import NUMBER, value_of
 from worker.prompt import document_json
 from worker.schemas import ReportGenerationRequest
@@ -350,14 +349,6 @@ def test_llm_connection_pool_holds_a_connection_per_thread(threads):
 MESSAGES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | TEXT | st.text(),
                         lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner) | st.dictionaries(
                             TEXT | st.text() | st.integers(0, 3) | st.booleans(), inner, max_size=3), max_leaves=15)
-
-
-@FAST
-@given(MESSAGES)
-def test_json_length_as_before(value):
-    assert json_length(value) == len(json.dumps(value))
-    assert estimate_tokens([{"role": "user", "content": value}], {"type": "json_object"}) == len(json.dumps(
-        {"messages": [{"role": "user", "content": value}], "response_format": {"type": "json_object"}})) // 4
 
 
 @FAST

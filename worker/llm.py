@@ -4,7 +4,6 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import openai
 
@@ -220,20 +219,7 @@ class ReportWriter:
 
 def estimate_tokens(messages: Sequence[Mapping], answer_format: Mapping) -> int:
     """Prompt tokens a call will count, estimated before it (about 4 characters a token, JSON as sent)."""
-    return json_length({"messages": messages, "response_format": answer_format}) // 4
-
-
-def json_length(value: Any) -> int:
-    """`len(json.dumps(value))`, without writing the long strings out: a printable ASCII string's length is
-    its own, two quotes, and one backslash per quote or backslash in it."""
-    if isinstance(value, str):
-        if value.isascii() and value.isprintable():
-            return len(value) + 2 + value.count('"') + value.count("\\")
-    elif type(value) is dict and all(type(key) is str for key in value):
-        return 2 * len(value) + sum(json_length(key) + 2 + json_length(item) for key, item in value.items()) or 2
-    elif isinstance(value, (list, tuple)):
-        return 2 * len(value) + sum(json_length(item) for item in value) or 2
-    return len(json.dumps(value))
+    return len(json.dumps({"messages": messages, "response_format": answer_format})) // 4
 
 
 def _total(values: Iterable[float | None]) -> float | None:
