@@ -4,6 +4,7 @@ import re
 
 # Characters that open inline structure (emphasis, code, links, HTML, entities, tables, headings).
 INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&])")
+ESCAPED = str.maketrans({char: "\\" + char for char in "\\`*_[]<>#|~&"})  # INLINE_SPECIAL.sub(r"\\\1", ...) as a table
 # Our citation marks [1] and [1, 2] are shown as written; only they keep their brackets.
 KEPT_MARK = re.compile(r"\\\[(\d{1,3}(?:,\s?\d{1,3})*)\\\]")
 # Invisible characters that reorder or hide text: bidi overrides and isolates, zero-width, C0/C1 controls.
@@ -31,8 +32,7 @@ def inline(text: object) -> str:
     line = " ".join(clean(text).split())
     if not INLINE_SPECIAL.search(line):  # nothing to escape (and so no mark, no "[1](", no "![")
         return line
-    escaped = INLINE_SPECIAL.sub(r"\\\1", line)
-    escaped = KEPT_MARK.sub(r"[\1]", escaped)
+    escaped = KEPT_MARK.sub(lambda mark: f"[{mark.group(1)}]", line.translate(ESCAPED))
     escaped = MARK_BEFORE_PAREN.sub(r"\1\\(", escaped)  # "[1](x)" stays text, not a link
     return escaped.replace("![", "\\![")
 
