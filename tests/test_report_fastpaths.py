@@ -362,3 +362,12 @@ def test_prompt_document_json_as_before(document, knowledge):
     assert document_json({"knowledge": knowledge}) == json.dumps({"knowledge": knowledge}, ensure_ascii=False)
     odd = [*knowledge, {"n": 1, "content": {"a": [1]}, "when": Path("x")}]
     assert document_json({"knowledge": odd}) == json.dumps({"knowledge": odd}, ensure_ascii=False, default=str)
+
+
+@pytest.mark.parametrize("value", [1, 1.0, True, 0.0, -0.0, "1", None, [1], 2 ** 70])
+def test_prompt_knowledge_json_never_mixes_equal_values(value):
+    """1, 1.0 and True are equal cache keys; their JSON differs, so they must not share a cached text."""
+    for first in (1, 1.0, True, 0.0, -0.0):
+        document_json({"knowledge": [{"n": 1, "id": first}]})  # fill the cache with an equal key first
+        document = {"knowledge": [{"n": 1, "id": value}]}
+        assert document_json(document) == json.dumps(document, ensure_ascii=False, default=str)

@@ -83,15 +83,20 @@ def document_json(document: Mapping[str, Any]) -> str:
     set of entries (the knowledge base's text, the same for many requests; JSON pieces join into the same text)."""
     parts = []
     for key, value in document.items():
-        if key == "knowledge":
-            try:
-                encoded = knowledge_json(tuple(tuple(entry.items()) for entry in value))
-            except TypeError:  # a value that cannot be a cache key
-                encoded = _dumps(value)
-        else:
-            encoded = _dumps(value)
+        entries = cache_key(value) if key == "knowledge" else None
+        encoded = _dumps(value) if entries is None else knowledge_json(entries)
         parts.append(f"{_dumps(key)}: {encoded}")
     return "{" + ", ".join(parts) + "}"
+
+
+def cache_key(entries: Any) -> tuple | None:
+    """The entries as a cache key when equal keys mean equal JSON: only text, None and int values (1, 1.0 and True
+    are equal keys but not equal JSON), else None."""
+    if not isinstance(entries, list) or not all(type(entry) is dict for entry in entries):
+        return None
+    key = tuple(tuple(entry.items()) for entry in entries)
+    plain = all(type(name) is str and type(value) in (str, int, type(None)) for items in key for name, value in items)
+    return key if plain else None
 
 
 @lru_cache(maxsize=256)
