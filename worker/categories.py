@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 # Overall risk first (the frame the clinician explains everything else in), then the measured risk
@@ -40,6 +41,10 @@ KEYWORDS = (
     ("nutrition", re.compile(r"\bdiet|nutrition|sodium|\bsalt\b|\bfood|eating")),
     ("physical_activity", re.compile(r"exercis|physical activity|\bwalk|\bsteps\b|fitness")),
 )
+# Each pattern's alternatives are plain words (\b aside): a clause holding none of them is not searched.
+KEYWORD_WORDS = {category: tuple(word.replace(r"\b", "") for word in pattern.pattern.split("|"))
+                 for category, pattern in KEYWORDS}
+assert all(re.fullmatch(r"[a-z0-9 ]+", word) for words in KEYWORD_WORDS.values() for word in words)
 # Words before a mention that say the patient does not have it (or that it is someone else's):
 # "no", "denies", "non-smoker", "never smoked", "former smoker", "family history of diabetes".
 NEGATION_BEFORE = re.compile(
@@ -56,6 +61,8 @@ NEGATION_AFTER = re.compile(
 )
 # A negation reaches across a list ("no diabetes, hypertension or smoking") but not past these.
 SCOPE_END = re.compile(r"\b(?:but|however|although|though|except|yet|apart from|has|have|with|reports|presents)\b")
+SEPARATORS = re.compile(r"[\s-]+")
+UNDERSCORES = re.compile(r"[_]+")
 CLAUSE_END = re.compile(r"[.;!?\n]+")
 SCOPE_WORDS = 6
 NO_DIABETES = ("", "no", "none", "false", "unknown")
@@ -116,7 +123,12 @@ def normalize(value: Any) -> str | None:
     """A category name as written by a person ("Blood Pressure", "lipids") as our key, or None."""
     if not isinstance(value, str) or not value.strip():
         return None
-    key = re.sub(r"[\s-]+", "_", value.strip().lower())
+    return normalized(value)
+
+
+@lru_cache(maxsize=1024)  # category names: the same few on every request
+def normalized(value: str) -> str:
+    key = SEPARATORS.sub("_", value.strip().lower())
     return ALIASES.get(key, key)
 
 
@@ -153,6 +165,8 @@ def mentioned(value: Any) -> set[str]:
     found = set()
     for clause in clauses(value):
         for category, pattern in KEYWORDS:
+            if not any(word in clause for word in KEYWORD_WORDS[category]):
+                continue
             if any(not negated(clause, match, category) for match in pattern.finditer(clause)):
                 found.add(category)
     return found
@@ -161,7 +175,7 @@ def mentioned(value: Any) -> set[str]:
 def clauses(value: Any) -> Iterator[str]:
     """The value's text as lower-case clauses; a dict's scalars read as "key: value"."""
     for line in lines(value):
-        plain = re.sub(r"[_]+", " ", line.lower())
+        plain = UNDERSCORES.sub(" ", line.lower())
         yield from (part for part in CLAUSE_END.split(plain) if part.strip())
 
 

@@ -3,6 +3,7 @@
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date
+from functools import lru_cache
 from typing import Any
 
 # The default of LLM_PATIENT_FIELDS: what a health educator needs to address this person, nothing that
@@ -22,6 +23,8 @@ IDENTIFYING = re.compile(
     r"e_mail|contact|emergency_contact|prescriber|physician|doctor|provider|clinician|npi|ip_address|"
     r"account|license|passport|photo|url)(?:_|$)"
 )
+CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 AGE_CAP = 90  # ages above 89 are reported as "90 or older" (HIPAA Safe Harbor)
 BIRTH_KEYS = ("date_of_birth", "dob", "birth_date", "birthdate")
 
@@ -30,12 +33,14 @@ class DisallowedField(ValueError):
     """LLM_PATIENT_FIELDS names a field that identifies the patient."""
 
 
+@lru_cache(maxsize=4096)  # field names, not values: the same few on every request
 def key_of(name: str) -> str:
     """A field name as a snake_case key: "heightCm" → "height_cm", "Weight (kg)" → "weight_kg"."""
-    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name.strip())
-    return re.sub(r"[^a-z0-9]+", "_", spaced.lower()).strip("_")
+    spaced = CAMEL.sub("_", name.strip())
+    return NOT_ALNUM.sub("_", spaced.lower()).strip("_")
 
 
+@lru_cache(maxsize=4096)
 def identifying(name: str, nested: bool = False) -> bool:
     """Whether a field name identifies a person; inside a clinical list "name" names a drug or diagnosis."""
     key = key_of(name)
@@ -55,7 +60,7 @@ def patient_for_llm(
     patient: Mapping[str, Any], fields: Iterable[str] = DEFAULT_PATIENT_FIELDS, today: date | None = None
 ) -> dict[str, Any]:
     """The allowed fields of `patient`, identifiers removed even inside them; age derived from a birth date."""
-    allowed = {key_of(field) for field in fields if not identifying(field)}
+    allowed = allowed_keys(tuple(fields))
     shared = {}
     for name, value in patient.items():
         key = key_of(str(name))
@@ -70,6 +75,12 @@ def patient_for_llm(
         else:
             shared.pop("age", None)
     return shared
+
+
+@lru_cache(maxsize=64)
+def allowed_keys(fields: tuple[str, ...]) -> frozenset[str]:
+    """The keys of the allowed fields (identifying ones never), once per setting."""
+    return frozenset(key_of(field) for field in fields if not identifying(field))
 
 
 def without_identifiers(value: Any) -> Any:

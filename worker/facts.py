@@ -26,6 +26,10 @@ TEXT_KEYS = ("message", "text", "description", "action", "recommendation", "item
 FLAG_WORDS = {"h": "high", "hh": "high", "high": "high", "above": "high", "elevated": "high", "l": "low",
               "ll": "low", "low": "low", "below": "low", "n": "normal", "normal": "normal", "a": "abnormal",
               "abnormal": "abnormal", "critical": "critical", "critical high": "high", "critical low": "low"}
+BOUND = re.compile(r"(<=?|>=?)\s*([\d.,]+)\s*\S*")
+SPAN = re.compile(r"([\d.,]+)\s*(?:-|–|—|to)\s*([\d.,]+)\s*\S*")
+DIGITS = re.compile(r"\d[\d.,]*")
+PERCENT_SUFFIX = re.compile(r"_?percent$")
 CVD_LABELS = {"risk_model": "Risk model", "ten_year_risk_percent": "10-year risk", "risk_category": "Risk category",
               "main_drivers": "Main drivers", "ten_year_risk": "10-year risk", "lifetime_risk_percent": "Lifetime risk"}
 
@@ -98,7 +102,7 @@ def flag_of(lab: Mapping[str, Any], value: Any, low: Any, high: Any, reference: 
 def flag_by_text(number: Decimal, reference: str) -> str | None:
     """High/low against a written range: "<100", "≤5.6", ">40", "18.5-24.9", "3.5 to 5.0"."""
     text = reference.strip().replace("≤", "<=").replace("≥", ">=")
-    bound = re.fullmatch(r"(<=?|>=?)\s*([\d.,]+)\s*\S*", text)
+    bound = BOUND.fullmatch(text)
     if bound:
         limit = number_of(bound.group(2))
         if limit is None:
@@ -109,7 +113,7 @@ def flag_by_text(number: Decimal, reference: str) -> str | None:
         if op == ">" and number <= limit or op == ">=" and number < limit:
             return "low"
         return None
-    span = re.fullmatch(r"([\d.,]+)\s*(?:-|–|—|to)\s*([\d.,]+)\s*\S*", text)
+    span = SPAN.fullmatch(text)
     if span:
         low, high = number_of(span.group(1)), number_of(span.group(2))
         if low is not None and number < low:
@@ -125,7 +129,7 @@ def number_of(value: Any) -> Decimal | None:
     if isinstance(value, (int, float)):
         return Decimal(str(value))
     if isinstance(value, str):
-        parsed = value_of(value.strip()) if re.fullmatch(r"\d[\d.,]*", value.strip()) else None
+        parsed = value_of(value.strip()) if DIGITS.fullmatch(value.strip()) else None
         return parsed[0] if parsed else None
     return None
 
@@ -136,7 +140,7 @@ def cvd_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key, value in summary.items():
         if value is None or value == "" or value == []:
             continue
-        label = CVD_LABELS.get(key) or re.sub(r"_?percent$", "", str(key)).replace("_", " ").strip().capitalize()
+        label = CVD_LABELS.get(key) or PERCENT_SUFFIX.sub("", str(key)).replace("_", " ").strip().capitalize()
         if isinstance(value, (list, tuple)):
             shown = ", ".join(text_of(item) for item in value)
         elif isinstance(value, Mapping):
@@ -198,12 +202,16 @@ def facts_of(request: Any, default_disclaimer: str = DEFAULT_DISCLAIMER) -> dict
     }
 
 
-def clinical_input(request: Any) -> dict[str, Any]:
-    """The request as stored for the audit trail (the seed's full MedicalReport): everything but its request_id."""
-    return {key: value for key, value in request.model_dump(mode="json").items() if key != "request_id"}
+def clinical_input(request: Any, document: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The request as stored for the audit trail (the seed's full MedicalReport): everything but its request_id.
+    `document` is the request's `model_dump(mode="json")` when the caller has made it already."""
+    dumped = request.model_dump(mode="json") if document is None else document
+    return {key: value for key, value in dumped.items() if key != "request_id"}
 
 
-def input_digest(request: Any) -> str:
-    """SHA-256 of the canonical JSON of `clinical_input` (sorted keys, no spaces, UTF-8)."""
-    canonical = json.dumps(clinical_input(request), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def input_digest(request: Any, clinical: Mapping[str, Any] | None = None) -> str:
+    """SHA-256 of the canonical JSON of `clinical_input` (sorted keys, no spaces, UTF-8); `clinical` is that
+    input when the caller has it already."""
+    clinical = clinical_input(request) if clinical is None else clinical
+    canonical = json.dumps(clinical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()

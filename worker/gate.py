@@ -4,6 +4,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
 from pydantic import ValidationError
@@ -85,7 +86,7 @@ def accept_answer(answer: str | None, *, refusal: str | None = None, finish_reas
             raise GateFailure("llm_refused", "the answer is prose that refuses") from None
         where = f" at position {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
         raise GateFailure("report_malformed", f"the answer is not valid JSON{where}") from None
-    if any(prose.refuses(text) for text in strings_in(data)):
+    if prose.any_refuses(strings_in(data)):
         raise GateFailure("llm_refused", "a field of the JSON answer refuses")
     if isinstance(data, dict) and data.get("sections") == []:
         raise GateFailure("report_incomplete", "the answer has no sections")
@@ -137,15 +138,18 @@ def inspect(answer: str | None, *, categories: Sequence[str], knowledge: Sequenc
     return results
 
 
-def strings_in(value: Any) -> Iterable[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from strings_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from strings_in(item)
+def strings_in(value: Any) -> list[str]:
+    """Every string in a JSON value, depth first, in order."""
+    found, stack = [], [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, (dict, Mapping)):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return found
 
 
 def sorted_sections(content: ReportContent) -> list[dict]:
@@ -231,12 +235,24 @@ def cited_entries(content: ReportContent, knowledge: Sequence[Mapping]) -> list[
     return [cited(n, knowledge[n - 1]) for n in sorted(used)]
 
 
+def entry_values(entry: Mapping) -> frozenset:
+    """The numbers of a knowledge entry's title and content (worked out once per text when they are text)."""
+    title, content = entry.get("title"), entry.get("content")
+    if isinstance(title, (str, type(None))) and isinstance(content, (str, type(None))):
+        return text_values(title, content)
+    return frozenset(values_in([title, content]))
+
+
+@lru_cache(maxsize=1024)  # the knowledge base's own text, the same entries for many reports: no patient data
+def text_values(title: str | None, content: str | None) -> frozenset:
+    return frozenset(values_in([title, content]))
+
+
 def check_numbers(content: ReportContent, citations: Sequence[Mapping], knowledge: Sequence[Mapping], request: Any,
                   patient_fields: Iterable[str] = DEFAULT_PATIENT_FIELDS) -> tuple[list[str], int]:
     """Clinical numbers must be the input's or a cited entry's; returns the other unknown numbers, and how many
     clinical numbers matched."""
-    sources = [knowledge[c["n"] - 1] for c in citations]
-    known = known_values(request, patient_fields) | values_in([[e.get("title"), e.get("content")] for e in sources])
+    known = known_values(request, patient_fields).union(*(entry_values(knowledge[c["n"] - 1]) for c in citations))
     analytes = lab_names(request.labs)
     unverified, verified = [], 0
     for where, text in texts_of(content):

@@ -88,7 +88,7 @@ def validate(body: bytes, max_bytes: int, content_type: str | None = None, signa
         raise InvalidRequest(_summarize(exc), *readable_ids(body), code=code) from None
     except RecursionError:
         raise InvalidRequest("message JSON is nested too deeply", code="invalid_json") from None
-    problem = unstorable(request.model_dump())
+    problem = unstorable(dict(request))  # the fields as parsed, without a dump of their own
     if problem:
         raise InvalidRequest(f"invalid request: {problem}", request.request_id, request.user_id,
                              code="unstorable_input")
@@ -98,6 +98,42 @@ def validate(body: bytes, max_bytes: int, content_type: str | None = None, signa
 def unstorable(value: Any, where: str = "", depth: int = 0) -> str:
     """Why MongoDB could not store `value` (an integer beyond 64 bits, a key with NUL or a leading `$`,
     a string that is not valid UTF-8, nesting too deep), naming the place but never the value; '' if it can."""
+    return "" if storable(value, depth) else _problem(value, where, depth)
+
+
+def storable(value: Any, depth: int = 0) -> bool:
+    """Whether MongoDB can store `value`: the checks of `unstorable`, without naming places (the common case)."""
+    if depth > MAX_DEPTH:
+        return False
+    if isinstance(value, str):
+        if value.isascii():  # ASCII is valid UTF-8
+            return True
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str) or "\x00" in key or key.startswith("$") or not storable(item, depth + 1):
+                return False
+        return True
+    if isinstance(value, list):
+        for item in value:
+            if not storable(item, depth + 1):
+                return False
+        return True
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return INT64[0] <= value <= INT64[1]
+    return True
+
+
+def _problem(value: Any, where: str = "", depth: int = 0) -> str:
+    """`unstorable`'s answer, found by walking again with the places named."""
     if depth > MAX_DEPTH:
         return f"{where or 'message'}: nested more than {MAX_DEPTH} levels"
     if isinstance(value, dict):
@@ -105,12 +141,12 @@ def unstorable(value: Any, where: str = "", depth: int = 0) -> str:
             place = f"{where}.{key}" if where else str(key)
             if not isinstance(key, str) or "\x00" in key or key.startswith("$"):
                 return f"{where or 'message'}: a key MongoDB cannot store (it holds NUL or starts with $)"
-            problem = unstorable(item, place, depth + 1)
+            problem = _problem(item, place, depth + 1)
             if problem:
                 return problem
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            problem = unstorable(item, f"{where}.{index}", depth + 1)
+            problem = _problem(item, f"{where}.{index}", depth + 1)
             if problem:
                 return problem
     elif isinstance(value, bool):

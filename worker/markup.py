@@ -4,6 +4,7 @@ import re
 
 # Characters that open inline structure (emphasis, code, links, HTML, entities, tables, headings).
 INLINE_SPECIAL = re.compile(r"([\\`*_\[\]<>#|~&])")
+ESCAPED = str.maketrans({char: "\\" + char for char in "\\`*_[]<>#|~&"})  # INLINE_SPECIAL.sub(r"\\\1", ...) as a table
 # Our citation marks [1] and [1, 2] are shown as written; only they keep their brackets.
 KEPT_MARK = re.compile(r"\\\[(\d{1,3}(?:,\s?\d{1,3})*)\\\]")
 # Invisible characters that reorder or hide text: bidi overrides and isolates, zero-width, C0/C1 controls.
@@ -14,21 +15,25 @@ HIDDEN = re.compile(
 # underline or a rule, or an ordered-list number.
 BULLET = re.compile(r"^([-+=])")
 ORDERED = re.compile(r"^(\d{1,9})([.)])(?=\s|$)")
+MARK_BEFORE_PAREN = re.compile(r"(\[\d[\d, ]*\])\(")
 SAFE_URL = re.compile(r"https?://[^\s<>\"'\[\]`|]+")
 
 
 def clean(text: object) -> str:
     """Text without hidden characters; tabs and carriage returns as plain spaces and newlines."""
     plain = "" if text is None else str(text)
+    if plain.isprintable():  # no control or format character at all, so nothing hidden, no tab, no newline
+        return plain
     return HIDDEN.sub("", plain.replace("\r\n", "\n").replace("\r", "\n").replace("\t", " "))
 
 
 def inline(text: object) -> str:
     """One line of text: whitespace (newlines too) collapsed, every special character escaped."""
     line = " ".join(clean(text).split())
-    escaped = INLINE_SPECIAL.sub(r"\\\1", line)
-    escaped = KEPT_MARK.sub(r"[\1]", escaped)
-    escaped = re.sub(r"(\[\d[\d, ]*\])\(", r"\1\\(", escaped)  # "[1](x)" stays text, not a link
+    if not INLINE_SPECIAL.search(line):  # nothing to escape (and so no mark, no "[1](", no "![")
+        return line
+    escaped = KEPT_MARK.sub(lambda mark: f"[{mark.group(1)}]", line.translate(ESCAPED))
+    escaped = MARK_BEFORE_PAREN.sub(r"\1\\(", escaped)  # "[1](x)" stays text, not a link
     return escaped.replace("![", "\\![")
 
 

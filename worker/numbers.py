@@ -18,8 +18,19 @@ UNIT = (
     r"calories\b|kilograms?\b|kg\b|lbs?\b|pounds?\b|cm\b|mm\b|milligrams?\b|mg\b|mcg\b|[µμ]g\b|ml\b|grams?\b|g\b|"
     r"units?\b|°\s?[cf]\b|degrees\b)"
 )
-MEASURE = re.compile(rf"(?<![\w.,/])(?P<value>{CHAIN})\s*{UNIT}", re.IGNORECASE)
-BARE = re.compile(rf"(?<![\w.,/\[]){NUMBER}(?![\w\]]|[.,]\d)")
+# The patterns below start with a digit and look behind it from there (`\d(?<!X\d)` is `(?<!X)\d`), so
+# that the regex engine skips ahead to the next digit instead of trying every position.
+AFTER_FIRST_DIGIT = r"\d*(?:,\d{3})*(?:[.,]\d+)?"  # NUMBER without its first digit
+NUMBER_RE = re.compile(NUMBER)
+DIGIT = re.compile(r"\d")
+WRITTEN = re.compile(rf"\d(?<![^\W\d]\d){AFTER_FIRST_DIGIT}")  # not the 1 of "A1c" or the 2 of "m2"
+GROUPED = re.compile(r"\d+(?:,\d{3})+")
+SPACES = re.compile(r"\s+")
+MEASURE = re.compile(rf"(?P<value>\d(?<![\w.,/]\d){AFTER_FIRST_DIGIT}{CHAIN[len(NUMBER):]})\s*{UNIT}", re.IGNORECASE)
+BARE = re.compile(rf"\d(?<![\w.,/\[]\d){AFTER_FIRST_DIGIT}(?![\w\]]|[.,]\d)")
+# re.IGNORECASE matches these four non-ASCII characters to ASCII letters (İ ı ſ K); a text without them can be
+# tested for ASCII names with `in` on its lower case (worker/prose.py has the same test).
+FOLDS_TO_ASCII = frozenset("\u0130\u0131\u017f\u212a")
 CITATION = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 # A number written soon after the name of a measurement is that measurement, with or without a unit.
 ANALYTES = (
@@ -47,7 +58,7 @@ class Mention:
 def value_of(text: str) -> tuple[Decimal, int] | None:
     """A written number ("2,300", "6.1", "6,1") as a Decimal and its count of decimals."""
     plain = text.strip()
-    if re.fullmatch(r"\d+(?:,\d{3})+", plain):
+    if GROUPED.fullmatch(plain):
         plain = plain.replace(",", "")
     plain = plain.replace(",", ".")
     try:
@@ -60,7 +71,7 @@ def value_of(text: str) -> tuple[Decimal, int] | None:
 
 def numbers_in(text: str) -> Iterator[tuple[str, Decimal, int]]:
     """Every number in a text, as written, with its value and decimals."""
-    for match in re.finditer(rf"(?<![^\W\d]){NUMBER}", text):  # not the 1 of "A1c" or the 2 of "m2"
+    for match in WRITTEN.finditer(text):
         parsed = value_of(match.group())
         if parsed:
             yield match.group(), *parsed
@@ -69,18 +80,29 @@ def numbers_in(text: str) -> Iterator[tuple[str, Decimal, int]]:
 def mentions(text: str, analytes: Iterable[str] = ()) -> list[Mention]:
     """The numbers of a piece of prose; citation marks such as [2] are not numbers."""
     plain = CITATION.sub(lambda m: " " * len(m.group()), text)
+    if not DIGIT.search(plain):  # every pattern below starts from a digit
+        return []
     found: dict[int, Mention] = {}
     for match in MEASURE.finditer(plain):
-        for number in re.finditer(NUMBER, match.group("value")):
+        for number in NUMBER_RE.finditer(match.group("value")):
             add(found, match.start("value") + number.start(), number.group(), clinical=True)
-    context = analyte_pattern(tuple(sorted({name.lower() for name in analytes if len(name) >= 3})))
-    for match in context.finditer(plain):
+    names = tuple(sorted({name.lower() for name in analytes if len(name) >= 3}))
+    context = analyte_pattern(names)
+    for match in context.finditer(plain) if may_name(plain, names) else ():
         if not NOT_A_VALUE.match(plain[match.end():]):
-            for number in re.finditer(NUMBER, match.group("value")):
+            for number in NUMBER_RE.finditer(match.group("value")):
                 add(found, match.start("value") + number.start(), number.group(), clinical=True)
     for match in BARE.finditer(plain):
         add(found, match.start(), match.group(), clinical=False)
     return [found[position] for position in sorted(found)]
+
+
+def may_name(text: str, names: tuple[str, ...]) -> bool:
+    """False only when none of our analyte names or `names` is in the text (tested with `in`, where that is exact)."""
+    if not (text.isascii() or FOLDS_TO_ASCII.isdisjoint(text)) or not all(name.isascii() for name in names):
+        return True
+    low = text.lower()
+    return any(name in low for name in ANALYTES) or any(name in low for name in names)
 
 
 def add(found: dict[int, Mention], position: int, text: str, clinical: bool) -> None:
@@ -104,16 +126,16 @@ def values_in(value: Any) -> set[Decimal]:
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, bool) or item is None:
+        if isinstance(item, str):
+            found.update(number for _, number, _ in numbers_in(item))
+        elif isinstance(item, bool) or item is None:
             continue
-        if isinstance(item, (int, float)):
+        elif isinstance(item, (int, float)):
             try:
                 found.add(Decimal(str(item)))
             except InvalidOperation:
                 pass
-        elif isinstance(item, str):
-            found |= {number for _, number, _ in numbers_in(item)}
-        elif isinstance(item, Mapping):
+        elif isinstance(item, (dict, Mapping)):  # dict first: an ABC check costs more
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
@@ -133,5 +155,5 @@ def lab_names(labs: Iterable[Any]) -> list[str]:
         if isinstance(lab, Mapping):
             for key in ("name", "test", "test_name", "display", "label", "analyte", "code"):
                 if isinstance(lab.get(key), str) and lab[key].strip():
-                    names.append(re.sub(r"\s+", " ", lab[key].strip())[:60])
+                    names.append(SPACES.sub(" ", lab[key].strip())[:60])
     return names

@@ -26,8 +26,9 @@ def check_same_request(existing: dict, request: ReportGenerationRequest, digest:
 
 
 def report_document(request: ReportGenerationRequest, generated: GeneratedReport, categories: list[str],
-                    input_changed: bool | None, digest: str) -> dict:
-    """The `medical_reports` document for one generated report, with its audit trail in report_data."""
+                    input_changed: bool | None, digest: str, clinical: dict | None = None) -> dict:
+    """The `medical_reports` document for one generated report, with its audit trail in report_data
+    (`clinical`: the request's clinical_input, when the caller has it already)."""
     return {
         "report_id": "",                                 # the claim's
         "request_id": request.request_id,
@@ -35,7 +36,7 @@ def report_document(request: ReportGenerationRequest, generated: GeneratedReport
         "user_id": request.user_id,
         "input_sha256": digest,
         "report_data": {
-            "input": clinical_input(request),          # the request's clinical input, as it was checked against
+            "input": clinical_input(request) if clinical is None else clinical,  # as it was checked against
             "content": generated.content,
             "categories": categories,
             "knowledge_ids": [entry["id"] for entry in generated.audit.get("knowledge", [])],
@@ -88,8 +89,8 @@ class Pipeline:
 
         `claim` is the token of this message and its retries: a claim left by an earlier attempt of the
         same message (one that could not release it, e.g. MongoDB went away) is taken back at once."""
-        document = request.model_dump(mode="json")
-        digest = input_digest(request)
+        document = request.model_dump(mode="json")  # the one dump of the request: cache, digest, stored input
+        digest = input_digest(request, clinical_input(request, document))
         with timed(self.events, "store"):
             found = self.claims.claim(request.request_id, request.user_id, digest, str(uuid.uuid4()), claim)
         if found.state != "ours":
@@ -123,7 +124,8 @@ class Pipeline:
             entries = self.knowledge.entries_for(categories)
         with timed(self.events, "llm"):
             generated = self.writer.generate(request, categories, entries, deadline=deadline)
-        report = report_document(request, generated, categories, input_changed(previous, document), digest)
+        report = report_document(request, generated, categories, input_changed(previous, document), digest,
+                                 clinical_input(request, document))
         report["report_id"] = report_id
         with timed(self.events, "store"):
             stored = self.claims.complete(report, claim)

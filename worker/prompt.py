@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from worker.disclosure import DEFAULT_PATIENT_FIELDS, patient_for_llm
@@ -73,8 +74,38 @@ def build_messages(request: Any, knowledge: Sequence[Mapping], categories: Seque
     document = prompt_document(request, knowledge, categories, patient_fields)
     return [
         {"role": "system", "content": SYSTEM_PROMPT.format(shape=shape)},
-        {"role": "user", "content": json.dumps(document, ensure_ascii=False, default=str)},
+        {"role": "user", "content": document_json(document)},
     ]
+
+
+def document_json(document: Mapping[str, Any]) -> str:
+    """`json.dumps(document, ensure_ascii=False, default=str)`, with the knowledge list's JSON made once per
+    set of entries (the knowledge base's text, the same for many requests; JSON pieces join into the same text)."""
+    parts = []
+    for key, value in document.items():
+        entries = cache_key(value) if key == "knowledge" else None
+        encoded = _dumps(value) if entries is None else knowledge_json(entries)
+        parts.append(f"{_dumps(key)}: {encoded}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def cache_key(entries: Any) -> tuple | None:
+    """The entries as a cache key when equal keys mean equal JSON: only text, None and int values (1, 1.0 and True
+    are equal keys but not equal JSON), else None."""
+    if not isinstance(entries, list) or not all(type(entry) is dict for entry in entries):
+        return None
+    key = tuple(tuple(entry.items()) for entry in entries)
+    plain = all(type(name) is str and type(value) in (str, int, type(None)) for items in key for name, value in items)
+    return key if plain else None
+
+
+@lru_cache(maxsize=256)
+def knowledge_json(entries: tuple[tuple[tuple[str, Any], ...], ...]) -> str:
+    return _dumps([dict(entry) for entry in entries])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def repair_messages(messages: list[dict], answer: str | None, reason: str) -> list[dict]:

@@ -1,7 +1,7 @@
 """What the model's prose may not hold: refusals, links, contact details, HTML, other citation syntaxes."""
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 REFUSALS = (
     # "I'm sorry, but I can't …", "We are afraid we cannot …"
@@ -24,6 +24,10 @@ TLDS = ("com|org|net|edu|gov|mil|int|info|biz|io|co|ly|ai|app|dev|xyz|online|sit
         "ws|gg|gl|link|click|top|pro|online|news|club|info|med|pharmacy")
 DOMAIN = re.compile(rf"\b(?:[a-z0-9](?:[a-z0-9-]{{0,61}}[a-z0-9])?\.)+(?:{TLDS})\b(?![-.]?\w)"
                     r"|\b[a-z0-9-]+\.[a-z]{2,}/\S", re.I)
+# Cheap tests that rule a pattern out before it runs: a domain has a letter or digit, a dot and a letter in a
+# row; a phone number a digit, a separator and a digit.
+DOMAIN_HINT = re.compile(r"[a-z0-9-]\.[a-z]", re.I)
+PHONE_HINT = re.compile(r"\d[\s.-]\d")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 PHONE = re.compile(r"(?<![\w.,/])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,5}){1,4}"
                    r"(?![\w/]|[.,]\d)")
@@ -42,13 +46,50 @@ FOREIGN_CITATIONS = (
     re.compile(r"(?<![mM])[¹²³⁴⁵⁶⁷⁸⁹⁰]+|[⁽][¹²³⁴⁵⁶⁷⁸⁹⁰]+[⁾]"),  # superscripts, but not m² or cm²
     re.compile(r"\b(?:source|reference|ref|entry|citation|kb)\s*(?:no\.?|number|#)?\s*\d{1,3}\b", re.I),
 )
+# The ones that need a character outside ASCII: an ASCII text is spared them.
+NON_ASCII_CITATIONS = (FOREIGN_CITATIONS[2], FOREIGN_CITATIONS[5])
+ASCII_CITATIONS = tuple(pattern for pattern in FOREIGN_CITATIONS if pattern not in NON_ASCII_CITATIONS)
+# Words (in lower case) a pattern cannot match without: when a text in lower case has none, the pattern is not run.
+# Exact for these ignore-case patterns unless the text holds one of the four non-ASCII characters IGNORECASE
+# matches to an ASCII letter (İ ı ſ K): `lowered` then answers None and every pattern runs.
+FOLDS_TO_ASCII = frozenset("\u0130\u0131\u017f\u212a")
+NEEDLES = {
+    REFUSALS[0]: ("sorry", "afraid"),
+    REFUSALS[1]: ("can", "unable", "not able", "won", "will not", "decline"),
+    REFUSALS[2]: (" ai", "language model"),
+    URL: ("://", "www", "script:", "mailto:", "data:", "tel:"),
+    FOREIGN_CITATIONS[6]: ("source", "ref", "entry", "citation", "kb"),
+}
 # Parts of the report only our renderer writes; a title or heading that claims one is a forgery.
 RESERVED = re.compile(r"red[\s-]*flags?|act now|disclaimer|^\W*(?:sources?|references|bibliography|citations)\b", re.I)
 
 
+def lowered(text: str) -> str | None:
+    """The text in lower case for the NEEDLES tests, or None when such a test could miss a match."""
+    return text.lower() if text.isascii() or FOLDS_TO_ASCII.isdisjoint(text) else None
+
+
+def found(pattern: re.Pattern, text: str, low: str | None) -> bool:
+    """`pattern.search(text)`, skipped when `low` (the text in lower case) has none of the pattern's NEEDLES."""
+    needles = NEEDLES.get(pattern)
+    if needles is not None and low is not None and not any(needle in low for needle in needles):
+        return False
+    return pattern.search(text) is not None
+
+
 def refuses(text: str) -> bool:
     """Whether a piece of text is the model declining to answer."""
-    return any(pattern.search(text) for pattern in REFUSALS)
+    low = lowered(text)
+    return any(found(pattern, text, low) for pattern in REFUSALS)
+
+
+def any_refuses(texts: Iterable[str]) -> bool:
+    """`any(refuses(text) for text in texts)` in one search per pattern: the texts joined by NUL, which no
+    pattern matches and which is a word boundary as a text's end is (the opening one still runs per text)."""
+    texts = list(texts)
+    joined = "\x00".join(texts)
+    low = lowered(joined)
+    return any(found(pattern, joined, low) for pattern in REFUSALS[:-1]) or any(map(REFUSALS[-1].search, texts))
 
 
 def unsafe_kind(text: str) -> str | None:
@@ -57,13 +98,13 @@ def unsafe_kind(text: str) -> str | None:
         return "HTML"
     if HIDDEN.search(text):
         return "invisible control characters"
-    if URL.search(text):
+    if found(URL, text, lowered(text)):
         return "a URL"
-    if EMAIL.search(text):
+    if "@" in text and EMAIL.search(text):
         return "an e-mail address"
-    if DOMAIN.search(text):
+    if DOMAIN_HINT.search(text) and DOMAIN.search(text):
         return "a domain name"
-    if any(phone_like(match.group()) for match in PHONE.finditer(text)):
+    if PHONE_HINT.search(text) and any(phone_like(match.group()) for match in PHONE.finditer(text)):
         return "a phone number"
     return None
 
@@ -82,7 +123,8 @@ def marks_in(text: str) -> Iterator[int]:
 def foreign_citation(text: str) -> bool:
     """Whether the text cites in a syntax other than [n]: (1), [^2], [1-3], [Source 4], 【1】, superscripts."""
     rest = CITATION.sub(" ", text)
-    return any(pattern.search(rest) for pattern in FOREIGN_CITATIONS)
+    low = lowered(rest)
+    return any(found(pattern, rest, low) for pattern in (ASCII_CITATIONS if rest.isascii() else FOREIGN_CITATIONS))
 
 
 def reserved(text: str) -> bool:
