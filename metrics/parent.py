@@ -15,7 +15,7 @@ import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from metrics.queues import QueuePoller
-from worker.broker import connection_parameters
+from worker.broker import every_node
 from worker.settings import Settings
 
 PREFIX = "report_worker_"
@@ -133,7 +133,7 @@ class ParentMetrics:
 
     def _connect(self, settings: Settings) -> pika.BlockingConnection:
         """The queue poller's connection, remembered so that a forked child can close its copy."""
-        connection = pika.BlockingConnection(connection_parameters(settings, "metrics"))
+        connection = pika.BlockingConnection(every_node(settings, "metrics"))
         self._connections.add(connection)
         return connection
 

@@ -8,7 +8,7 @@ from typing import Callable
 import pika
 from pika.exceptions import AMQPError, ChannelClosedByBroker
 
-from worker.broker import connection_parameters
+from worker.broker import every_node
 from worker.logs import EventLog
 from worker.settings import Settings
 from worker.topology import queue_names
@@ -41,7 +41,7 @@ class QueuePoller:
                  connect: Callable[[Settings], pika.BlockingConnection] | None = None):
         self.settings = settings
         self.interval = interval
-        self._connect = connect or (lambda s: pika.BlockingConnection(connection_parameters(s, "metrics")))
+        self._connect = connect or (lambda s: pika.BlockingConnection(every_node(s, "metrics")))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

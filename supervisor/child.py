@@ -15,6 +15,7 @@ from supervisor import heartbeat
 from supervisor.crashes import TEST_CRASH_ENV, Journal
 from supervisor.signals import reset_in_child
 from worker import exitcodes, lifecycle, logs
+from worker.broker import spread
 from worker.logs import EventLog
 from worker.settings import Settings
 
@@ -45,7 +46,7 @@ def main(index: int, settings: Settings, beat_path: str, parent_pid: int, run_ch
     code = exitcodes.FAILURE
     try:
         reset_in_child()
-        settings = dataclasses.replace(settings, worker_name=f"{settings.name}/{index}")
+        settings = spread(dataclasses.replace(settings, worker_name=f"{settings.name}/{index}"), index)
         logs.configure(settings.log_level, worker=settings.name, index=index)
         die_with_parent(parent_pid)
         pulse = Pulse(settings, heartbeat.Writer(beat_path), parent_pid)

@@ -1,7 +1,7 @@
 """The checks of single setting values: each raises SettingsError naming the setting."""
 
 import os
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 
 class SettingsError(ValueError):
@@ -27,6 +27,42 @@ def _scheme(*schemes):
         if scheme not in schemes:
             raise SettingsError(f"{name} must start with one of {', '.join(s + '://' for s in schemes)}")
     return check
+
+
+def split_urls(value: str) -> tuple[str, ...]:
+    """A comma-separated list of URLs, each stripped of the whitespace around it."""
+    return tuple(url.strip() for url in value.split(","))
+
+
+def _urls(*schemes):
+    """A comma-separated list of URLs (one cluster's nodes), each with one of `schemes`, all the same one."""
+    each = _scheme(*schemes)
+
+    def check(value, name):
+        urls = split_urls(value)
+        if not all(urls):
+            raise SettingsError(f"{name} has an empty entry in its comma-separated list of URLs")
+        for url in urls:
+            each(url, name)
+        if len({urlsplit(url).scheme for url in urls}) > 1:
+            raise SettingsError(f"{name} must use one scheme for every node (all amqp:// or all amqps://)")
+    return check
+
+
+def redact_url(url: str) -> str:
+    """The URL, or each of a comma-separated list of URLs, with its password replaced by ***."""
+    return ",".join(_redact_one(part.strip()) for part in url.split(","))
+
+
+def _redact_one(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _one_of(*choices):

@@ -10,14 +10,14 @@ from pika.exceptions import AMQPError, ChannelClosed, ConsumerCancelled
 
 from worker import exitcodes, frames, lifecycle
 from worker.lifecycle import Status
-from worker.broker import Backoff, connection_parameters, describe_error
+from worker.broker import Backoff, Nodes, connection_parameters, describe_error, node_label
 from worker.delivery import Delivery, Settlement
 from worker.events import NO_EVENTS, Events
 from worker.pauses import Pauses, Probe
 from worker.settler import Settler
 from worker.suspects import Handling, Journal
 from worker.logs import EventLog
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
 from worker.topology import QueueMismatch, declare
 
 log = EventLog(__name__)
@@ -89,17 +89,16 @@ class Consumer:
     # ---- the I/O thread ---------------------------------------------------------------------
 
     def run(self) -> int:
-        backoff = Backoff()
-        connected_once = False
-        give_up_at = time.monotonic() + self.settings.connect_timeout
+        nodes = Nodes(self.settings, Backoff())   # a cluster's nodes in turn, a backoff after a round of failures
+        connected_once, give_up_at = False, time.monotonic() + self.settings.connect_timeout
         try:
             while not self.stopping:
                 try:
-                    self._connect()
+                    self._connect(nodes.current())
                     if connected_once:
                         self.events.broker_reconnected()
                     connected_once = True
-                    backoff.reset()
+                    nodes.connected()
                     self._serve()
                 except QueueMismatch as exc:
                     log.error("queue_mismatch", error=str(exc))
@@ -111,17 +110,21 @@ class Consumer:
                     if not connected_once and time.monotonic() > give_up_at:
                         log.error("broker_unreachable", error=describe_error(exc), seconds=self.settings.connect_timeout)
                         return exitcodes.CONNECT
-                    delay = backoff.next()
+                    delay = nodes.failed()
+                    if not delay:
+                        log.warning("broker_node_failed", error=describe_error(exc), next=redact_url(nodes.current()))
+                        continue
                     log.warning("broker_connection_lost", error=describe_error(exc), retry_in=round(delay, 2))
                     self._sleep(delay)
             return self.exit_code
         finally:
             self._close()
 
-    def _connect(self) -> None:
-        parameters = connection_parameters(self.settings)
+    def _connect(self, url: str) -> None:
+        parameters = connection_parameters(self.settings, url=url)
+        self.ticked_at = time.monotonic()   # trying a node is not a hung loop
         self.connection = frames.connect(parameters)
-        self.node = f"{parameters.host}:{parameters.port}"
+        self.node = node_label(parameters)
         declare(self.connection, self.settings)
         self.channel = self.connection.channel()
         self.channel.confirm_delivery()
@@ -139,7 +142,7 @@ class Consumer:
     def _consume(self) -> None:
         self.consumer_tag = self.channel.basic_consume(self.settings.request_queue, self._on_message)
         log.info("consuming", queue=self.settings.request_queue, prefetch=self.settings.prefetch,
-                 threads=self.settings.worker_threads)
+                 threads=self.settings.worker_threads, node=self.node)
 
     def _set_blocked(self, blocked: bool) -> None:
         self.broker_blocked = blocked

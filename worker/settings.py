@@ -6,12 +6,12 @@ import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 
-from worker.checks import (  # noqa: F401 (SettingsError and parse_prices are part of this module's API)
-    SettingsError, _positive, _non_negative, _scheme, _one_of, _delays, _priority, _port,
-    parse_prices, _prices, _write_concern, _at_least, _between, _patient_fields, _file,
+from worker.checks import (  # noqa: F401 (SettingsError, parse_prices and redact_url are part of this module's API)
+    SettingsError, _positive, _non_negative, _scheme, _urls, split_urls, redact_url, _one_of, _delays, _priority,
+    _port, parse_prices, _prices, _write_concern, _at_least, _between, _patient_fields, _file,
 )
 
 
@@ -21,7 +21,8 @@ def _setting(env, default, check=None, **metadata):
 
 @dataclass(frozen=True)
 class Settings:
-    rabbitmq_url: str = _setting("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/", _scheme("amqp", "amqps"))
+    # one node's URL, or a cluster's nodes: "amqp://u:p@node1:5672/,amqp://u:p@node2:5672/" (see rabbitmq_urls)
+    rabbitmq_url: str = _setting("RABBITMQ_URL", "amqp://guest:guest@localhost:5672/", _urls("amqp", "amqps"))
     rabbitmq_tls_ca_file: str = _setting("RABBITMQ_TLS_CA_FILE", "", _file)  # amqps: CA of the server ("": system CAs)
     rabbitmq_tls_cert_file: str = _setting("RABBITMQ_TLS_CERT_FILE", "", _file)  # amqps: client certificate
     rabbitmq_tls_key_file: str = _setting("RABBITMQ_TLS_KEY_FILE", "", _file)  # amqps: its private key
@@ -96,6 +97,11 @@ class Settings:
     metrics_bind: str = _setting("METRICS_BIND", "127.0.0.1")
 
     @property
+    def rabbitmq_urls(self) -> tuple[str, ...]:
+        """The broker nodes RABBITMQ_URL lists, in order (one entry for a single broker)."""
+        return split_urls(self.rabbitmq_url)
+
+    @property
     def prefetch(self) -> int:
         return self.prefetch_count or self.worker_threads
 
@@ -140,17 +146,6 @@ class Settings:
 
 def _delay_label(delay: float) -> str:
     return f"{delay:g}s"
-
-
-def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _boolean(raw: Any) -> bool:
@@ -207,7 +202,7 @@ def _holds_secret(f: dataclasses.Field, raw: Any) -> bool:
     if f.metadata.get("secret"):
         return True
     try:
-        return isinstance(raw, str) and "://" in raw and urlsplit(raw).password is not None
+        return isinstance(raw, str) and "://" in raw and any(urlsplit(u).password is not None for u in raw.split(","))
     except ValueError:
         return False
 

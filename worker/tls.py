@@ -8,13 +8,14 @@ import pika
 from worker.settings import Settings
 
 
-def ssl_options(settings: Settings) -> pika.SSLOptions | None:
-    """None for amqp://; for amqps://, verify the server's certificate and host name.
+def ssl_options(settings: Settings, node_url: str = "") -> pika.SSLOptions | None:
+    """None for amqp://; for amqps://, verify the server's certificate and host name (that of `node_url`,
+    one of RABBITMQ_URL's nodes; default: the first).
 
     The server is checked against RABBITMQ_TLS_CA_FILE when set, else against the system's CAs.
     RABBITMQ_TLS_CERT_FILE (and _KEY_FILE) add a client certificate for servers that ask for one.
     """
-    url = urlsplit(settings.rabbitmq_url)
+    url = urlsplit(node_url or settings.rabbitmq_urls[0])
     if url.scheme != "amqps":
         return None
     context = ssl.create_default_context(cafile=settings.rabbitmq_tls_ca_file or None)
