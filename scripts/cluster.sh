@@ -7,7 +7,9 @@
 #   scripts/cluster.sh status       one line per node; exit 1 if any is down
 #   scripts/cluster.sh urls         the AMQP URLs of the three nodes, comma-separated (RABBITMQ_URL)
 #   scripts/cluster.sh partition N  cut node N off from the other two (nftables; Erlang distribution only)
-#   scripts/cluster.sh heal         remove the partition
+#   scripts/cluster.sh heal         remove the partition; a node still paused 30 s later
+#                                   (CLUSTER_HEAL_WAIT) is restarted (RabbitMQ 3.10.8 sometimes stays paused)
+#   scripts/cluster.sh restart N    restart node N's Erlang VM on its state (killed if it hangs)
 #
 # Node N (1..3) is rw-cN@localhost: AMQP on 127.0.0.1:568N, distribution on 127.0.0.1:2568N, its outgoing
 # distribution connections leave from its own loopback address 127.0.1.N (so a partition can tell the
@@ -25,6 +27,7 @@ NODES=(1 2 3)
 NFT_TABLE="rw_cluster"
 START_DEADLINE=120
 CTL_TIMEOUT=60
+HEAL_WAIT="${CLUSTER_HEAL_WAIT:-30}"
 
 log() { echo "cluster: $*" >&2; }
 die() { echo "cluster: ERROR: $*" >&2; exit 1; }
@@ -120,13 +123,40 @@ join() { # join N: make node N a member of node 1's cluster
     ctl "$1" start_app >/dev/null
 }
 
-heal() { nft delete table inet "$NFT_TABLE" 2>/dev/null || true; }
+unblock() { nft delete table inet "$NFT_TABLE" 2>/dev/null || true; }
+
+restart() { # restart N: kill node N's Erlang VM (a wedged node ignores `stop`) and start it again on its state
+    local pid; pid="$(node_pid "$1")"
+    if [ -n "$pid" ]; then
+        kill -KILL "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+    fi
+    stop_node "$1"
+    start_node "$1"
+    await_node "$1"
+}
+
+heal() { # remove the partition; a paused node that does not resume within HEAL_WAIT seconds is restarted
+    unblock
+    local n deadline=$((SECONDS + HEAL_WAIT))
+    for n in "${NODES[@]}"; do
+        [ -d "$(dir "$n")" ] || continue
+        until running "$n"; do
+            if [ "$SECONDS" -ge "$deadline" ]; then
+                log "$(node "$n") did not resume within ${HEAL_WAIT}s of the heal; restarting it"
+                restart "$n"
+                break
+            fi
+            sleep 1
+        done
+    done
+}
 
 up() {
     if clustered; then log "cluster already up: $(node 1), $(node 2), $(node 3)"; return 0; fi
     command -v rabbitmq-server >/dev/null || die "rabbitmq-server is not installed (scripts/services.sh up installs it)"
     local t0=$SECONDS n
-    heal
+    unblock
     for n in "${NODES[@]}"; do stop_node "$n" & done; wait     # ours half-up, or another checkout's
     rm -rf "$STATE"
     for n in "${NODES[@]}"; do write_config "$n"; start_node "$n"; done
@@ -140,7 +170,7 @@ up() {
 }
 
 down() {
-    heal
+    unblock
     local n
     for n in "${NODES[@]}"; do stop_node "$n" & done; wait
     rm -rf "$STATE"
@@ -174,7 +204,7 @@ partition() { # partition N: drop distribution traffic between node N and the ot
     done
     local o="{ $(IFS=,; echo "${others[*]}") }" p="{ $(IFS=,; echo "${ports[*]}") }"
     local me; me="$(src_addr "$n")"; local mine; mine="$(dist_port "$n")"
-    heal
+    unblock
     nft -f - <<EOF
 table inet $NFT_TABLE {
     chain out {
@@ -189,11 +219,12 @@ EOF
     log "partitioned $(node "$n") from the other two"
 }
 
-[ $# -ge 1 ] || { echo "usage: $0 up|down|status|urls|partition N|heal" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: $0 up|down|status|urls|partition N|heal|restart N" >&2; exit 2; }
 case "$1" in
     status) status; exit $? ;;
     urls) urls; exit 0 ;;
     heal) heal; log "partition healed"; exit 0 ;;
+    restart) [ $# -eq 2 ] && [[ "$2" =~ ^[123]$ ]] || die "usage: $0 restart N"; restart "$2"; exit 0 ;;
     partition) [ $# -eq 2 ] || die "usage: $0 partition N"; partition "$2"; exit 0 ;;
 esac
 exec 9>"$LOCK"
@@ -201,5 +232,5 @@ flock -w 600 9 || die "timed out waiting for $LOCK"
 case "$1" in
     up) up ;;
     down) down ;;
-    *) echo "usage: $0 up|down|status|urls|partition N|heal" >&2; exit 2 ;;
+    *) echo "usage: $0 up|down|status|urls|partition N|heal|restart N" >&2; exit 2 ;;
 esac

@@ -120,9 +120,11 @@ class Cluster:
         result = self.script("partition", str(n), timeout=30)
         assert result.returncode == 0, f"scripts/cluster.sh partition {n}: {result.stderr}"
 
-    def heal(self) -> None:
-        result = self.script("heal", timeout=30)
+    def heal(self) -> str:
+        """Remove the partition; "resumed" if the cut node came back by itself, "restarted" if the script had to."""
+        result = self.script("heal", timeout=300)
         assert result.returncode == 0, f"scripts/cluster.sh heal: {result.stderr}"
+        return "restarted" if "restarting it" in result.stderr else "resumed"
 
     def all_running(self, timeout: float = 120) -> None:
         wait_for(lambda: all(self.running(n) for n in NODES) and
