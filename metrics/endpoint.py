@@ -29,7 +29,7 @@ class Endpoint:
         self.paused: dict[str, int] = {}   # pause reason -> children
         self.nodes: dict[int, str] = {}    # worker index -> broker node
         self.parent = ParentMetrics(settings, directory, poll_interval, consuming=lambda: self.consuming,
-                                    blocked=lambda: self.blocked)
+                                    blocked=lambda: self.blocked, nodes=lambda: self.nodes)
         self.probes = Probes(lambda: self.alive, lambda: self.consuming,
                              service_checks(settings) if checks is None else checks,
                              details=lambda: {"blocked": self.blocked, "paused": self.paused, "nodes": self.nodes})

@@ -31,6 +31,7 @@ NAMES = (
     "report_worker_queue_consumers",
     "report_worker_queue_poll_age_seconds",
     "report_worker_broker_blocked",
+    "report_worker_broker_node",
     "report_worker_build_info",
 )
 
@@ -52,12 +53,14 @@ class ParentMetrics:
     """
 
     def __init__(self, settings: Settings, directory=None, poll_interval: float = 5.0, poller=None,
-                 consuming: Callable[[], int] | None = None, blocked: Callable[[], int] | None = None):
+                 consuming: Callable[[], int] | None = None, blocked: Callable[[], int] | None = None,
+                 nodes: Callable[[], dict] | None = None):
         self.settings = settings
         self.directory = directory            # a MetricsDirectory: child_exited folds the child's files
         self.poller = poller or QueuePoller(settings, poll_interval, connect=self._connect)
         self.consuming = consuming            # children consuming now (for capacity); default: all live ones
         self.blocked = blocked                # children whose broker connection is blocked now
+        self.nodes = nodes                    # {worker index: broker node "host:port"} of the connected children
         self._connections: "weakref.WeakSet[pika.BlockingConnection]" = weakref.WeakSet()
         _instances.add(self)
         self.version = version()
@@ -183,9 +186,21 @@ class ParentMetrics:
         yield GaugeMetricFamily(PREFIX + "broker_blocked",
                                 "Children whose RabbitMQ connection is blocked now (memory or disk alarm).",
                                 value=0 if self.blocked is None else _count(self.blocked))
+        yield self._node_family()
         family = GaugeMetricFamily(PREFIX + "build_info", "Always 1; the version is the label.", labels=["version"])
         family.add_metric([self.version], 1)
         yield family
+
+    def _node_family(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(PREFIX + "broker_node", "1 for the broker node (host:port) each connected child "
+                                   "is on; sum by node: children per node.", labels=["node", "worker"])
+        try:
+            nodes = dict(self.nodes()) if self.nodes is not None else {}
+        except Exception:  # the arbiter's answer is not worth a failed scrape
+            nodes = {}
+        for index, node in sorted(nodes.items()):
+            family.add_metric([node, str(index)], 1)
+        return family
 
     def _queue_families(self):
         snapshot = self.poller.snapshot()

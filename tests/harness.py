@@ -2,8 +2,10 @@
 as a real process and the metrics it serves, and broker chores (rabbitmqctl, reconnecting after a restart)."""
 
 import datetime
+import json
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import pika
@@ -39,6 +41,14 @@ class Parent:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as answer:
             return answer.read().decode()
+
+    def readyz(self) -> dict:
+        """The /readyz JSON, ready (200) or not (503): status, consuming, nodes {worker index: broker node}, ..."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=10) as answer:
+                return json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read())
 
     def metric(self, name: str, **labels) -> float:
         """The sum of every series of `name` whose labels include `labels` (0 when there is none)."""

@@ -1,20 +1,24 @@
 """Does every service this worker needs answer? One routine for `report-worker health` and /readyz."""
 
+import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import Callable
 
 from worker import clients
-from worker.broker import channel
+from worker.broker import channel, node_label
 from worker.settings import Settings
 
-Check = Callable[[], object]   # returns when the service answers, raises otherwise
+Check = Callable[[], object]   # returns when the service answers (maybe a dict to show), raises otherwise
 TIMEOUT = 2.0
 
 
-def ping_rabbitmq(settings: Settings) -> None:
-    with channel(settings, confirm=False):
-        pass
+def ping_rabbitmq(settings: Settings) -> dict:
+    """The first node of RABBITMQ_URL that answers: {"node": "host:port"}."""
+    with channel(settings, confirm=False) as ch:
+        return {"node": node_label(ch.connection._impl.params)}  # pika keeps the parameters it connected with
 
 
 def ping_redis(settings: Settings) -> None:
@@ -69,13 +73,40 @@ def run_checks(named: dict[str, Check], timeout: float) -> dict[str, dict]:
 def _run_one(check: Check, results: dict, name: str) -> None:
     started = time.perf_counter()
     try:
-        check()
+        answer = check()
     except Exception as exc:  # any failure is the answer here, reported, not raised
         results[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
         return
-    results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    results[name] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1),
+                     **(answer if isinstance(answer, dict) else {})}
+
+
+def children_nodes(settings: Settings, timeout: float = 5.0) -> dict[str, str] | None:
+    """{worker index: broker node} of the children of `report-worker run` on this host, from its /readyz;
+    None when no such parent answers (not running, or METRICS_PORT=0)."""
+    if not settings.metrics_port:
+        return None
+    host = "127.0.0.1" if settings.metrics_bind in ("", "0.0.0.0", "::") else settings.metrics_bind
+    host = f"[{host}]" if ":" in host else host
+    url = f"http://{host}:{settings.metrics_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
+            body = answer.read()
+    except urllib.error.HTTPError as exc:   # 503: not ready, the body still names the nodes
+        body = exc.read()
+    except OSError:
+        return None
+    try:
+        return json.loads(body).get("nodes", {})
+    except (ValueError, AttributeError):
+        return None
 
 
 def report(settings: Settings, names=tuple(PROBES), timeout: float = 10.0) -> dict:
-    """Every named service's answer, pinged in parallel."""
-    return run_checks(checks(settings, names), timeout)
+    """Every named service's answer, pinged in parallel; RabbitMQ's names the node we reached and, when
+    this host's `report-worker run` answers, the node each of its children is connected to."""
+    results = run_checks(checks(settings, names), timeout)
+    children = children_nodes(settings) if "rabbitmq" in results else None
+    if children is not None:
+        results["rabbitmq"]["children"] = children
+    return results
