@@ -224,7 +224,8 @@ def main(argv=None) -> int:
     for row in results:
         print(figures.table_row(row))
         print(figures.stage_line(row))
-    for line in [*targets.comparison_lines(results), *targets.target_lines(results), *cluster.comparison_lines(results)]:
+    compared = [] if args.scenario and args.scenario[0] in CLUSTER else results  # issue 14's targets: not these
+    for line in [*targets.comparison_lines(compared), *targets.target_lines(compared), *cluster.comparison_lines(results)]:
         print(line)
     document = {"machine": info, "runs": results, **targets.summary(results)}
     (outdir / "results.json").write_text(json.dumps(document, indent=2))
