@@ -197,7 +197,12 @@ urls() { local n out=(); for n in "${NODES[@]}"; do out+=("$(url "$n")"); done; 
 partition() { # partition N: drop distribution traffic between node N and the other two, both ways
     local n=$1 m others=() ports=()
     [[ "$n" =~ ^[123]$ ]] || die "partition: node 1, 2 or 3"
-    command -v nft >/dev/null || die "nft is not installed (apt-get install nftables)"
+    if ! command -v nft >/dev/null; then
+        command -v apt-get >/dev/null || die "nft is not installed and there is no apt-get to install nftables"
+        log "installing nftables (apt-get)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables; } >&2 \
+            || die "apt-get install nftables failed"
+    fi
     for m in "${NODES[@]}"; do
         [ "$m" = "$n" ] && continue
         others+=("$(src_addr "$m")"); ports+=("$(dist_port "$m")")

@@ -12,6 +12,7 @@ import pytest
 
 from tests.cluster import NODES, Cluster, ClusterBroker, port_node, url
 from tests.conftest import sample_request
+from tests.harness import log_time
 from tests.services import wait_for
 from worker.settings import load
 from worker.topology import queue_arguments
@@ -72,7 +73,6 @@ def nodes_of(run) -> dict[int, int]:
 
 def consuming_since(run, since: float) -> set[int]:
     """Pids of children that started consuming (again) after `since` (time.time())."""
-    from tests.harness import log_time
     return {e["pid"] for e in run.events("consuming") if log_time(e) > since}
 
 
@@ -167,7 +167,6 @@ def test_a_node_cut_off_from_the_others_pauses_its_consumers_move_and_nothing_is
     """Node 1 leads every queue of ours and is cut off: it pauses (pause_minority), its children move to the
     majority, whose members elect new leaders. Until the heal, the majority still lists the cut node's old
     consumers (their channels are on an unreachable node), so "every child consumes" counts the others."""
-    from tests.harness import log_time
     worker = run(latency=1.0, lead_on=1)
     children = sorted(worker.children())
     queue = names["RABBITMQ_REQUEST_QUEUE"]
