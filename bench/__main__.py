@@ -12,11 +12,12 @@ from urllib.parse import urlsplit
 import pika
 import psutil
 
-from bench import figures, peer, ratelimit, targets
+from bench import cluster, figures, peer, ratelimit, targets
 from bench.scenarios import SCENARIOS, RunConfig, custom, scaled
 from bench.stack import Stack, versions
 
 ROOT = Path(__file__).resolve().parent.parent
+CLUSTER = ("cluster", "cluster-smoke")   # on the main node and on scripts/cluster.sh's nodes: bench/cluster.py
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -176,7 +177,7 @@ def busy_fraction(before, after) -> float:
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--scenario", action="append", choices=sorted([*SCENARIOS, "ratelimit"]),
+    parser.add_argument("--scenario", action="append", choices=sorted([*SCENARIOS, "ratelimit", *CLUSTER]),
                         help="run this scenario (repeatable); default: smoke")
     parser.add_argument("--processes", type=int, help="a custom run instead: P")
     parser.add_argument("--threads", type=int, default=8)
@@ -199,7 +200,9 @@ def main(argv=None) -> int:
     urls = {"rabbitmq": args.rabbitmq_url, "redis": args.redis_url, "mongodb": args.mongodb_url}
     if args.scenario == ["ratelimit"]:  # two parents at once, its own table: bench/ratelimit.py
         return ratelimit.run(urls, Path(args.out), args.scale)
-    if args.processes:
+    if args.scenario and args.scenario[0] in CLUSTER:
+        configs = []
+    elif args.processes:
         configs = custom(args.processes, args.threads, args.latency, args.requests, args.prefetch, args.peer)
     else:
         configs = [c for name in (args.scenario or ["smoke"]) for c in SCENARIOS[name]()]
@@ -210,6 +213,8 @@ def main(argv=None) -> int:
         info["celery"] = peer.version()
     outdir = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     results = []
+    if args.scenario and args.scenario[0] in CLUSTER:
+        results = cluster.run(run_one, urls, outdir, info, args.repeat, smoke=args.scenario[0] == "cluster-smoke")
     for round_ in range(1, args.repeat + 1):
         for config in configs:
             results.append(run_one(config, urls, outdir, info, round_))
@@ -219,7 +224,8 @@ def main(argv=None) -> int:
     for row in results:
         print(figures.table_row(row))
         print(figures.stage_line(row))
-    for line in [*targets.comparison_lines(results), *targets.target_lines(results)]:
+    compared = [] if args.scenario and args.scenario[0] in CLUSTER else results  # issue 14's targets: not these
+    for line in [*targets.comparison_lines(compared), *targets.target_lines(compared), *cluster.comparison_lines(results)]:
         print(line)
     document = {"machine": info, "runs": results, **targets.summary(results)}
     (outdir / "results.json").write_text(json.dumps(document, indent=2))

@@ -90,13 +90,15 @@ class Stack:
 
     def _start_worker(self) -> None:
         c = self.config
-        url = self.urls["rabbitmq"] + (f"?heartbeat={c.heartbeat}" if c.heartbeat else "")
+        # a cluster run (bench/cluster.py) gives the worker every node and quorum queues
+        url = self.urls.get("worker_rabbitmq") or self.urls["rabbitmq"] + (f"?heartbeat={c.heartbeat}" if c.heartbeat else "")
         env = {
             **os.environ,
             "RABBITMQ_URL": url,
             "RABBITMQ_REQUEST_QUEUE": self.queues["request"],
             "RABBITMQ_RESPONSE_QUEUE": self.queues["response"],
             "RABBITMQ_DLQ": self.queues["dlq"],
+            "RABBITMQ_QUEUE_TYPE": self.urls.get("queue_type", "classic"),
             "REDIS_URL": self.urls["redis"],
             "REDIS_KEY_PREFIX": self.tag + ":",
             "MONGODB_URL": self.mongodb_url,

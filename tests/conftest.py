@@ -109,6 +109,10 @@ class Broker:
         for queue in queues:
             self.channel.queue_delete(queue)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait, serving the connection meanwhile."""
+        self.connection.sleep(seconds)
+
     def close(self) -> None:
         if self.connection.is_open:
             self.connection.close()

@@ -50,3 +50,20 @@ def test_bench_peer_smoke_answers_every_request_on_both_sides(tmp_path):
     [pair] = data["pairs"]
     assert pair["ratio"] == round(ours["reports_per_s"] / celery["reports_per_s"], 3)
     assert data["machine"]["celery"].startswith("5.")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_bench_cluster_smoke_runs_on_the_main_node_and_on_the_three_node_cluster(tmp_path):
+    """P=1 T=4 L=0 N=20 on the single node (classic, quorum) and on scripts/cluster.sh's nodes (quorum)."""
+    result = subprocess.run([sys.executable, "-m", "bench", "--scenario", "cluster-smoke", "--out", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "cluster round 1: single classic" in result.stdout and "3-node quorum" in result.stdout
+    [results_file] = tmp_path.glob("*/results.json")
+    runs = json.loads(results_file.read_text())["runs"]
+    assert [r["scenario"] for r in runs] == ["cluster-smoke single classic", "cluster-smoke single quorum",
+                                             "cluster-smoke 3-node quorum"]
+    for run in runs:
+        assert run["answered"] == run["succeeded"] == run["requests"] == run["reports_stored"] == 20, run["config"]
+        assert run["reports_per_s"] > 0

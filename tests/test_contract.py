@@ -99,10 +99,24 @@ def test_settings_defaults_and_derived_values():
     ({"MONGODB_URL": "postgres://x"}, "MONGODB_URL"),
     ({"OPENAI_BASE_URL": ""}, "OPENAI_API_KEY"),
     ({"LLM_PRICES": "gpt-4o=cheap"}, "LLM_PRICES"),
+    ({"RABBITMQ_DELIVERY_LIMIT": "3"}, "RABBITMQ_DELIVERY_LIMIT"),  # not above POISON_CRASH_LIMIT (3)
 ])
 def test_bad_settings_are_named(environ, named):
     with pytest.raises(SettingsError, match=named):
         load({"OPENAI_API_KEY": "k", **environ} if named != "OPENAI_API_KEY" else environ)
+
+
+def test_quorum_request_queue_dead_letters_to_the_dlq_beyond_the_delivery_limit():
+    from worker.topology import queue_arguments
+    quorum = load({"OPENAI_API_KEY": "k", "RABBITMQ_QUEUE_TYPE": "quorum"})
+    request = queue_arguments(quorum)[quorum.request_queue]
+    assert request == {"x-queue-type": "quorum", "x-delivery-limit": 20, "x-dead-letter-exchange": "",
+                       "x-dead-letter-routing-key": quorum.dlq, "x-dead-letter-strategy": "at-least-once",
+                       "x-overflow": "reject-publish"}
+    unlimited = load({"OPENAI_API_KEY": "k", "RABBITMQ_QUEUE_TYPE": "quorum", "RABBITMQ_DELIVERY_LIMIT": "0"})
+    assert queue_arguments(unlimited)[unlimited.request_queue] == {"x-queue-type": "quorum"}
+    classic = load({"OPENAI_API_KEY": "k"})
+    assert queue_arguments(classic)[classic.request_queue] == {}
 
 
 def test_price_table_is_configurable():

@@ -32,6 +32,7 @@ class Settings:
     prefetch_count: int = _setting("RABBITMQ_PREFETCH_COUNT", 0, _non_negative)  # 0: same as worker_threads
     queue_type: str = _setting("RABBITMQ_QUEUE_TYPE", "classic", _one_of("classic", "quorum"))
     max_priority: int = _setting("RABBITMQ_MAX_PRIORITY", 0, _priority)
+    delivery_limit: int = _setting("RABBITMQ_DELIVERY_LIMIT", 20, _non_negative)  # quorum: x-delivery-limit; 0 off
     heartbeat_seconds: int = _setting("RABBITMQ_HEARTBEAT", 60, _non_negative)
     response_ttl_seconds: int = _setting("RESPONSE_TTL_SECONDS", 86400, _positive)
     redis_url: str = _setting("REDIS_URL", "redis://localhost:6379/0", _scheme("redis", "rediss", "unix"))
@@ -275,6 +276,8 @@ def validate(settings: Settings) -> None:
         raise SettingsError("RABBITMQ_TLS_CA_FILE/_CERT_FILE/_KEY_FILE need an amqps:// RABBITMQ_URL")
     if settings.rabbitmq_tls_key_file and not settings.rabbitmq_tls_cert_file:
         raise SettingsError("RABBITMQ_TLS_KEY_FILE needs RABBITMQ_TLS_CERT_FILE (the client certificate)")
+    if settings.delivery_limit and settings.delivery_limit <= settings.poison_crash_limit:
+        raise SettingsError("RABBITMQ_DELIVERY_LIMIT must be greater than POISON_CRASH_LIMIT (or 0, no limit)")
     if len(set(settings.retry_delays)) != len(settings.retry_delays):
         raise SettingsError("RETRY_DELAYS must not repeat a delay")
     if settings.llm_limited and settings.llm_intake_wait_seconds and settings.rabbitmq_consumer_timeout and \

@@ -23,10 +23,15 @@ def queue_arguments(settings: Settings) -> dict[str, dict]:
     request = dict(base)
     if settings.max_priority and settings.queue_type == "classic":
         request["x-max-priority"] = settings.max_priority
-    queues = {settings.request_queue: request, settings.response_queue: dict(base), settings.dlq: dict(base)}
     # quorum: the hop back to the request queue is confirmed inside the broker (at-least-once
     # dead-lettering); classic queues dead-letter at most once, a known broker limit
     safe_hop = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"} if base else {}
+    if base and settings.delivery_limit:
+        # the broker's backstop behind POISON_CRASH_LIMIT (which is lower, so the worker's own dead letter
+        # with its reason comes first): a message handed out more often goes to the DLQ, not away
+        request.update(safe_hop, **{"x-delivery-limit": settings.delivery_limit, "x-dead-letter-exchange": "",
+                                    "x-dead-letter-routing-key": settings.dlq})
+    queues = {settings.request_queue: request, settings.response_queue: dict(base), settings.dlq: dict(base)}
     for delay in settings.retry_delays:
         queues[settings.retry_queue(delay)] = {
             **base,

@@ -75,6 +75,7 @@ class Ledger:
         self.sent = 0
         self.responses: list[dict] = []
         self.dead: list[tuple[object, bytes]] = []
+        self.counts = queue_counts            # how the broker counts queues (a cluster test asks the cluster)
 
     def use_retry_delays(self, retry_delays: str) -> None:
         """The worker's RETRY_DELAYS: its delay queues must end empty too."""
@@ -135,7 +136,7 @@ class Ledger:
         """Nothing ready or unacknowledged in the request queue and its delay queues."""
         if any(self.broker.depth(queue) for queue in self.queues):
             return False
-        counts = queue_counts(self.queues)
+        counts = self.counts(self.queues)
         return all(counts.get(queue, (0, 0)) == (0, 0) for queue in self.queues)
 
     def settle(self, timeout: float, tick=None) -> float:
@@ -154,8 +155,8 @@ class Ledger:
             assert time.monotonic() < deadline, (
                 f"after {timeout} s, {len(waiting)} of {len(self.requests)} requests and {len(self.poison)} "
                 f"poison messages have not had their last word (e.g. {waiting[:5]}); queues: "
-                f"{queue_counts(self.queues)}")
-            self.broker.connection.sleep(0.2 if waiting else 1.0)
+                f"{self.counts(self.queues)}")
+            self.broker.sleep(0.2 if waiting else 1.0)
         self.take()  # a last response published just before the last ack
         return time.monotonic() - started
 
@@ -205,7 +206,7 @@ class Ledger:
         for request_id, answers in grouped.items():
             if request_id not in self.requests:  # a poison message whose ids could be read
                 assert {r["status"] for r in answers} == {"failed"}, f"{request_id}: {answers}"
-        assert self.quiet(), f"messages left behind: {queue_counts(self.queues)}"
+        assert self.quiet(), f"messages left behind: {self.counts(self.queues)}"
         return Figures(scenario, sent=self.sent, requests=len(self.requests), stored=len(reports),
                        responses=len(self.responses), succeeded=len(succeeded), failed=len(failed),
                        dlq=len(self.dead))
