@@ -14,6 +14,7 @@ import pika
 import pika.exceptions
 
 from tests.conftest import ROOT, Broker
+from tests.faults.accounting import QUEUE_COUNT_COLUMNS, parse_queue_counts
 from tests.services import wait_for
 
 SCRIPT = ROOT / "scripts" / "cluster.sh"
@@ -88,13 +89,7 @@ class Cluster:
 
     def queue_counts(self, queues: list[str]) -> dict[str, tuple[int, int]]:
         """(ready, unacknowledged) of each named queue, as the cluster counts them."""
-        out = self.ask("list_queues", "name", "messages_ready", "messages_unacknowledged", "--no-table-headers")
-        counts = {}
-        for line in out.splitlines():
-            fields = line.split("\t")
-            if len(fields) == 3 and fields[0] in queues:
-                counts[fields[0]] = (int(fields[1]), int(fields[2]))
-        return counts
+        return parse_queue_counts(self.ask("list_queues", *QUEUE_COUNT_COLUMNS), queues)
 
     def consumers_by_node(self, queue: str, avoid: int = 0) -> Counter:
         """node number -> consumers of `queue` whose channel lives there."""

@@ -16,6 +16,15 @@ from tests.services import RABBITMQ_URL
 from tests.services import samples, wait_for
 
 
+def readyz(port: int, timeout: float = 10) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of a metrics endpoint's /readyz, ready (200) or not (503)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
 class Parent:
     """`report-worker run` (children log to the same stdout) and the metrics it serves on its port; the one
     harness of the supervisor tests and the fault suite (the `supervisor` fixture of tests/conftest.py)."""
@@ -44,11 +53,7 @@ class Parent:
 
     def readyz(self) -> dict:
         """The /readyz JSON, ready (200) or not (503): status, consuming, nodes {worker index: broker node}, ..."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=10) as answer:
-                return json.loads(answer.read())
-        except urllib.error.HTTPError as exc:
-            return json.loads(exc.read())
+        return readyz(self.metrics_port)[1]
 
     def metric(self, name: str, **labels) -> float:
         """The sum of every series of `name` whose labels include `labels` (0 when there is none)."""

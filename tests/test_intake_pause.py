@@ -1,24 +1,15 @@
 """A bad LLM key (or a model that does not exist) stops intake, not requests: nothing fails, all resume."""
 
-import json
 import signal
-import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.conftest import sample_request
+from tests.harness import readyz
 from tests.services import samples, wait_for
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def readyz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
 
 
 def metric(port: int, name: str, **labels) -> float:

@@ -1,16 +1,15 @@
 """The fleet LLM limits with real processes: a daily budget that pauses and a HUP that raises it, LLM_RPM across two
 `report-worker run` parents, each process's share while Redis is away, and intake that stops while waits are long."""
 
-import json
 import signal
 import time
-import urllib.error
 import urllib.request
 import uuid
 
 import pytest
 
 from tests.conftest import sample_request
+from tests.harness import readyz
 from tests.services import free_port, samples, wait_for
 from worker import clients
 from worker.categories import categories_for
@@ -85,14 +84,6 @@ def test_a_budget_worth_20_reports_stores_20_keeps_20_queued_then_a_hup_that_rai
         assert statuses(rest) == {"success": 20}
         assert db.medical_reports.count_documents({}) == 40 and broker.depth(queue) == 0
         assert broker.depth(names["RABBITMQ_DLQ"]) == 0 and fake.stats()["calls"] == 41  # with the calibration
-
-
-def readyz(port: int) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as refused:
-        return refused.code, json.loads(refused.read())
 
 
 @pytest.mark.timeout(150)

@@ -49,9 +49,16 @@ class Figures:
 
 def queue_counts(queues: list[str]) -> dict[str, tuple[int, int]]:
     """(ready, unacknowledged) of each named queue, as the broker itself counts them."""
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_ready",
-                          "messages_unacknowledged", "--no-table-headers"],
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", *QUEUE_COUNT_COLUMNS],
                          capture_output=True, text=True, check=True, timeout=60).stdout
+    return parse_queue_counts(out, queues)
+
+
+QUEUE_COUNT_COLUMNS = ("name", "messages_ready", "messages_unacknowledged", "--no-table-headers")
+
+
+def parse_queue_counts(out: str, queues: list[str]) -> dict[str, tuple[int, int]]:
+    """`rabbitmqctl list_queues` with QUEUE_COUNT_COLUMNS -> {queue: (ready, unacknowledged)} of `queues`."""
     counts = {}
     for line in out.splitlines():
         fields = line.split("\t")
