@@ -220,8 +220,10 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
     def wait_event(self, name: str, timeout: float = 20, count: int = 1) -> list[dict]:
-        return wait_for(lambda: len(self.events(name)) >= count and self.events(name), timeout,
-                        message=f"no {name!r} event; log:\n{self.output()[-3000:]}")
+        try:
+            return wait_for(lambda: len(self.events(name)) >= count and self.events(name), timeout)
+        except AssertionError:   # the log as it is now, not as it was when the wait began
+            raise AssertionError(f"no {name!r} event within {timeout} s; log:\n{self.output()[-3000:]}") from None
 
     def ready_children(self) -> dict[int, int]:
         """For `report-worker run`: index -> pid of the children that became ready and have not exited."""

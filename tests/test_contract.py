@@ -99,11 +99,18 @@ def test_settings_defaults_and_derived_values():
     ({"MONGODB_URL": "postgres://x"}, "MONGODB_URL"),
     ({"OPENAI_BASE_URL": ""}, "OPENAI_API_KEY"),
     ({"LLM_PRICES": "gpt-4o=cheap"}, "LLM_PRICES"),
-    ({"RABBITMQ_DELIVERY_LIMIT": "3"}, "RABBITMQ_DELIVERY_LIMIT"),  # not above POISON_CRASH_LIMIT (3)
+    ({"RABBITMQ_QUEUE_TYPE": "quorum", "RABBITMQ_DELIVERY_LIMIT": "3"}, "RABBITMQ_DELIVERY_LIMIT"),  # ≤ POISON_CRASH_LIMIT
 ])
 def test_bad_settings_are_named(environ, named):
     with pytest.raises(SettingsError, match=named):
         load({"OPENAI_API_KEY": "k", **environ} if named != "OPENAI_API_KEY" else environ)
+
+
+def test_the_delivery_limit_is_checked_against_the_poison_limit_only_where_it_applies():
+    # classic queues have no delivery limit: a high poison limit (the kill-storm fault test's) is no error
+    assert load({"OPENAI_API_KEY": "k", "POISON_CRASH_LIMIT": "1000"}).poison_crash_limit == 1000
+    with pytest.raises(SettingsError, match="RABBITMQ_DELIVERY_LIMIT"):
+        load({"OPENAI_API_KEY": "k", "POISON_CRASH_LIMIT": "1000", "RABBITMQ_QUEUE_TYPE": "quorum"})
 
 
 def test_quorum_request_queue_dead_letters_to_the_dlq_beyond_the_delivery_limit():

@@ -276,8 +276,9 @@ def validate(settings: Settings) -> None:
         raise SettingsError("RABBITMQ_TLS_CA_FILE/_CERT_FILE/_KEY_FILE need an amqps:// RABBITMQ_URL")
     if settings.rabbitmq_tls_key_file and not settings.rabbitmq_tls_cert_file:
         raise SettingsError("RABBITMQ_TLS_KEY_FILE needs RABBITMQ_TLS_CERT_FILE (the client certificate)")
-    if settings.delivery_limit and settings.delivery_limit <= settings.poison_crash_limit:
-        raise SettingsError("RABBITMQ_DELIVERY_LIMIT must be greater than POISON_CRASH_LIMIT (or 0, no limit)")
+    if settings.queue_type == "quorum" and 0 < settings.delivery_limit <= settings.poison_crash_limit:
+        raise SettingsError("RABBITMQ_DELIVERY_LIMIT must be greater than POISON_CRASH_LIMIT with quorum queues "
+                            "(or 0, no limit)")
     if len(set(settings.retry_delays)) != len(settings.retry_delays):
         raise SettingsError("RETRY_DELAYS must not repeat a delay")
     if settings.llm_limited and settings.llm_intake_wait_seconds and settings.rabbitmq_consumer_timeout and \
