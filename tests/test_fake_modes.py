@@ -1,6 +1,7 @@
 """The fake LLM's bad answers over real HTTP through the openai client, and what the gate makes of each."""
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -175,3 +176,26 @@ def test_older_fault_options_still_take_precedence(fake):
         assert "beacon.example" in call(fake, request).choices[0].message.content
     finally:
         fake.configure(malformed_first=0)
+
+
+def test_the_injected_latency_is_the_latency_a_client_sees():
+    """The answer leaves `latency` after the request arrived (its work is done while the clock runs), in one
+    write on a TCP_NODELAY socket: a response written in pieces on a Nagle socket waits for the client's
+    delayed ACK, 40 ms a call on Linux, which the bench would count against the worker."""
+    with FakeLLM() as instant, FakeLLM(latency=0.25) as slow:
+        request = make_request()
+        call(instant, request)  # the connection is open and the client warm
+        client = client_for(instant)
+        categories = categories_for(request)
+        knowledge = knowledge_for(categories)
+        messages = build_messages(request, knowledge, categories)
+        answer_format = response_format(categories, knowledge, "json_schema")
+        started = time.monotonic()
+        for _ in range(20):  # one keep-alive connection: each call's answer must not wait for an ACK
+            client.chat.completions.create(model="fake-llm", messages=messages, response_format=answer_format)
+        per_call = (time.monotonic() - started) / 20
+        assert per_call < 0.025, f"{per_call * 1000:.1f} ms a call at latency 0: a delayed-ACK stall is back"
+        started = time.monotonic()
+        assert call(slow, request).choices[0].message.content
+        took = time.monotonic() - started
+        assert 0.25 <= took < 0.25 + 0.2, f"an answer at latency 0.25 s took {took:.3f} s"

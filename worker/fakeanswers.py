@@ -204,16 +204,32 @@ def completion_body(model: str, prompt: bytes, answer: Answer | str) -> dict:
     return body
 
 
-
 def refusal(faults: Any, authorization: str | None, model: str | None) -> tuple[int, dict] | None:
     """401 for a key the fake does not accept, 404 for a model it does not serve, as OpenAI answers them."""
     key = (authorization or "").removeprefix("Bearer ").strip()
     if faults.api_keys and key not in faults.api_keys:
-        return 401, _error("Incorrect API key provided.", "invalid_api_key")
+        return 401, error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
     if faults.models and model not in faults.models:
-        return 404, _error(f"The model `{model}` does not exist or you do not have access to it.", "model_not_found")
+        return 404, error_body(f"The model `{model}` does not exist or you do not have access to it.",
+                         "invalid_request_error", "model_not_found")
     return None
 
 
-def _error(message: str, code: str) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+def error_body(message: str, kind: str, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def rate_limit_body(kind: str, faults: Any, model: str, requested: int, wait: float) -> dict:
+    """OpenAI's 429 for a per-minute limit: type "requests" or "tokens", code rate_limit_exceeded."""
+    unit, limit, asked = ("RPM", faults.rpm, 1) if kind == "requests" else ("TPM", faults.tpm, requested)
+    message = (f"Rate limit reached for {model} in organization org-fake on {kind} per min ({unit}): "
+               f"Limit {limit:g}, Requested {asked}. Please try again in {duration(wait)}.")
+    return error_body(message, kind, "rate_limit_exceeded")
+
+
+def duration(seconds: float) -> str:
+    """A wait as OpenAI writes it in x-ratelimit-reset-*: 20ms, 1.5s, 6m0s."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{round(rest, 3):g}s"

@@ -12,8 +12,8 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from worker.fakeanswers import (MALFORMED_ANSWER, answer_for, check_modes, completion_body, mode_of, refusal,
-                                schema_problem)
+from worker.fakeanswers import (MALFORMED_ANSWER, answer_for, check_modes, completion_body, duration, error_body,
+                                mode_of, rate_limit_body, refusal, schema_problem)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,10 +145,15 @@ class Server(ThreadingHTTPServer):
 
 
 class Handler(BaseHTTPRequestHandler):
+    """One keep-alive connection. Its writes are buffered and its socket has TCP_NODELAY: a response written
+    in two pieces on a Nagle socket waits for the client's delayed ACK (40 ms on Linux) between them."""
+
     protocol_version = "HTTP/1.1"
+    wbufsize = 64 * 1024
     server: Server
 
     def setup(self) -> None:
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().setup()
         with self.server.lock:
             self.server.connections.add(self.connection)
@@ -195,6 +200,9 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def answer_chat(self, body: bytes) -> None:
+        """Answer `latency` seconds after the request arrived: the answer is computed while the clock runs, so
+        the latency a client sees is the injected one, not that plus this server's own work."""
+        arrived = time.monotonic()
         try:
             chat = json.loads(body)
             messages = chat["messages"]
@@ -214,33 +222,41 @@ class Handler(BaseHTTPRequestHandler):
                         "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
             return
         faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
-        if self.server.stopping.wait(delay):
+        status, payload, headers = self.decide(chat, body, document, faults, call_number, rolls, limit_headers)
+        data = json.dumps(payload).encode()
+        if self.server.stopping.wait(max(0.0, arrived + delay - time.monotonic())):
             self.close_connection = True
             return
+        if status == 0:  # a timeout: hang, then drop the connection unanswered
+            self.server.stopping.wait(faults.hang_seconds)
+            self.close_connection = True
+            return
+        self.send(status, data, headers)
+
+    def decide(self, chat: dict, body: bytes, document: dict, faults: Faults, call_number: int,
+               rolls: dict[str, bool], limit_headers: dict[str, str]) -> tuple[int, dict, dict[str, str]]:
+        """The answer to one admitted chat call: (status, payload, headers); status 0 means hang (a timeout)."""
         if rolls["rate_limit"]:
-            self.reply(429, error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
-                       {"retry-after": "1"})
-            return
+            return 429, error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"), {
+                "retry-after": "1"}
         if rolls["error"]:
-            self.reply(500, error_body("The server had an error while processing your request.", "server_error"))
-            return
-        if rolls["timeout"] and self.server.stopping.wait(faults.hang_seconds):
-            self.close_connection = True
-            return
+            return 500, error_body("The server had an error while processing your request.", "server_error"), {}
+        if rolls["timeout"]:
+            return 0, {}, {}
         problem = schema_problem(chat.get("response_format"))
         if problem:
-            self.reply(400, error_body(f"Invalid schema for response_format: {problem}", "invalid_request_error"))
-            return
+            return 400, error_body(f"Invalid schema for response_format: {problem}", "invalid_request_error"), {}
+        model = chat.get("model") or "fake-llm"
         if rolls["malformed"] or call_number <= faults.malformed_first:
-            answer = completion_body(chat.get("model") or "fake-llm", body, MALFORMED_ANSWER)
-        else:
-            mode = mode_of(str(document.get("request_id", "")), call_number, faults.mode, faults.modes)
-            reply = answer_for(mode, document, chat.get("response_format"))
-            answer = completion_body(chat.get("model") or "fake-llm", body, reply)
-        self.reply(200, answer, limit_headers)
+            return 200, completion_body(model, body, MALFORMED_ANSWER), limit_headers
+        mode = mode_of(str(document.get("request_id", "")), call_number, faults.mode, faults.modes)
+        return 200, completion_body(model, body, answer_for(mode, document, chat.get("response_format"))), limit_headers
 
     def reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(payload).encode()
+        self.send(status, json.dumps(payload).encode(), headers)
+
+    def send(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        """Status line, headers and body leave in one write (wfile is buffered; the handler flushes it)."""
         if self.path.startswith("/v1/chat"):
             self.server.count_status(status)
         try:
@@ -251,6 +267,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+            self.wfile.flush()
         except OSError:
             self.close_connection = True  # the client went away (it timed out); nothing to tell it
 
@@ -266,23 +283,3 @@ def request_document(messages: list) -> dict:
             if isinstance(document, dict):
                 return document
     return {}
-
-
-def error_body(message: str, kind: str, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-def rate_limit_body(kind: str, faults: Faults, model: str, requested: int, wait: float) -> dict:
-    """OpenAI's 429 for a per-minute limit: type "requests" or "tokens", code rate_limit_exceeded."""
-    unit, limit, asked = ("RPM", faults.rpm, 1) if kind == "requests" else ("TPM", faults.tpm, requested)
-    message = (f"Rate limit reached for {model} in organization org-fake on {kind} per min ({unit}): "
-               f"Limit {limit:g}, Requested {asked}. Please try again in {duration(wait)}.")
-    return error_body(message, kind, "rate_limit_exceeded")
-
-
-def duration(seconds: float) -> str:
-    """A wait as OpenAI writes it in x-ratelimit-reset-*: 20ms, 1.5s, 6m0s."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.0f}s" if minutes else f"{round(rest, 3):g}s"
