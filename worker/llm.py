@@ -5,6 +5,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import httpx2
 import openai
 
 from worker.disclosure import DEFAULT_PATIENT_FIELDS
@@ -177,9 +178,9 @@ class ReportWriter:
             raise TransientError(str(exc), code="llm_unavailable") from exc
         with permit:
             started = time.monotonic()
-            try:
-                response = self._client.chat.completions.create(model=self.model, messages=messages,
-                                                                response_format=answer_format, **self._options)
+            try:  # the client's documented raw request: its retries, timeouts and errors, none of its typed models
+                response = self._client.post("/chat/completions", cast_to=httpx2.Response, body={
+                    "model": self.model, "messages": messages, "response_format": answer_format, **self._options})
             except openai.APIError as exc:
                 if isinstance(exc, openai.RateLimitError) and getattr(exc, "code", None) != "insufficient_quota":
                     self.limiter.cooldown(retry_after_seconds(exc.response.headers) or self._cooldown)
@@ -187,21 +188,24 @@ class ReportWriter:
                 self._events.llm_call_finished(self.model, outcome, time.monotonic() - started)
                 raise error from exc
             seconds = time.monotonic() - started
-            usage = response.usage
-            prompt = usage.prompt_tokens if usage else None
-            completion = usage.completion_tokens if usage else None
+            try:
+                answer = parse_completion(response.content)
+            except ValueError:
+                answer = None
+            prompt, completion = (answer["prompt_tokens"], answer["completion_tokens"]) if answer else (None, None)
             cost = self._cost(prompt, completion)
-            if usage is None:  # the budget still counts the call, at its estimate
+            if prompt is None or completion is None:  # the budget still counts the call, at its estimate
                 estimated = cost_of(self._prices, self.model, prompt_estimate, self._options["max_tokens"])
                 permit.settle(None, estimated or 0.0)
             else:
-                permit.settle((prompt or 0) + (completion or 0), cost or 0.0)
-        choice = response.choices[0] if response.choices else None
-        message = choice.message if choice else None
-        return Completion(
-            text=message.content if message else None, refusal=getattr(message, "refusal", None),
-            finish_reason=choice.finish_reason if choice else None, model=response.model or self.model,
-            prompt_tokens=prompt, completion_tokens=completion, cost_usd=cost, seconds=seconds)
+                permit.settle(prompt + completion, cost or 0.0)
+        if answer is None:
+            self._events.llm_call_finished(self.model, "error", seconds)
+            raise TransientError(f"LLM answered HTTP {response.status_code} with something that is not a chat "
+                                 "completion", code="llm_unavailable")
+        return Completion(text=answer["text"], refusal=answer["refusal"], finish_reason=answer["finish_reason"],
+                          model=answer["model"] or self.model, prompt_tokens=prompt, completion_tokens=completion,
+                          cost_usd=cost, seconds=seconds)
 
     def _cost(self, prompt: int | None, completion: int | None) -> float | None:
         if prompt is None or completion is None:
@@ -215,6 +219,29 @@ class ReportWriter:
     def _report(self, call: Completion, outcome: str) -> None:
         self._events.llm_call_finished(self.model, outcome, call.seconds, call.prompt_tokens or 0,
                                        call.completion_tokens or 0, call.cost_usd or 0.0)
+
+
+def parse_completion(body: bytes) -> dict:
+    """The fields we read of a chat completion's JSON: text, refusal, finish_reason, model and the usage
+    (None where the answer leaves them out). ValueError when the body is not a chat completion at all."""
+    payload = json.loads(body)
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices", []), list):
+        raise ValueError("not a chat completion object")
+    choices, usage = payload.get("choices") or [], payload.get("usage")
+    choice = choices[0] if choices and isinstance(choices[0], dict) else {}
+    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    usage = usage if isinstance(usage, dict) else {}
+    return {"text": _text(message.get("content")), "refusal": _text(message.get("refusal")),
+            "finish_reason": _text(choice.get("finish_reason")), "model": _text(payload.get("model")),
+            "prompt_tokens": _count(usage.get("prompt_tokens")), "completion_tokens": _count(usage.get("completion_tokens"))}
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def estimate_tokens(messages: Sequence[Mapping], answer_format: Mapping) -> int:
