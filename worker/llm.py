@@ -22,6 +22,7 @@ from worker.schemas import ReportGenerationRequest
 log = EventLog(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PING_TIMEOUT = 5.0
+JSON_HEADERS = {"Content-Type": "application/json"}
 PERMANENT_STATUSES = frozenset({400, 413, 422})
 UNAUTHORIZED_STATUSES = frozenset({401, 403})
 
@@ -168,7 +169,8 @@ class ReportWriter:
     def _complete(self, messages: list[dict], answer_format: dict, deadline: float | None = None) -> Completion:
         """One chat completion call under a permit of the fleet's limiter; failures are mapped to our error
         classes and reported. A spent budget pauses intake; a permit not granted in time is a TransientError."""
-        prompt_estimate = estimate_tokens(messages, answer_format)
+        body = chat_body(self.model, messages, answer_format, self._options)  # encoded once: estimated and sent
+        prompt_estimate = estimate_tokens(body)
         try:
             permit = self.limiter.acquire(prompt_estimate + self._options["max_tokens"],
                                           None if deadline is None else deadline - self._timeout)
@@ -179,8 +181,8 @@ class ReportWriter:
         with permit:
             started = time.monotonic()
             try:  # the client's documented raw request: its retries, timeouts and errors, none of its typed models
-                response = self._client.post("/chat/completions", cast_to=httpx2.Response, body={
-                    "model": self.model, "messages": messages, "response_format": answer_format, **self._options})
+                response = self._client.post("/chat/completions", cast_to=httpx2.Response, content=body,
+                                             options={"headers": JSON_HEADERS})
             except openai.APIError as exc:
                 if isinstance(exc, openai.RateLimitError) and getattr(exc, "code", None) != "insufficient_quota":
                     self.limiter.cooldown(retry_after_seconds(exc.response.headers) or self._cooldown)
@@ -244,9 +246,14 @@ def _count(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def estimate_tokens(messages: Sequence[Mapping], answer_format: Mapping) -> int:
-    """Prompt tokens a call will count, estimated before it (about 4 characters a token, JSON as sent)."""
-    return len(json.dumps({"messages": messages, "response_format": answer_format})) // 4
+def chat_body(model: str, messages: Sequence[Mapping], answer_format: Mapping, options: Mapping) -> bytes:
+    """The chat completion request as sent."""
+    return json.dumps({"model": model, "messages": messages, "response_format": answer_format, **options}).encode()
+
+
+def estimate_tokens(body: bytes) -> int:
+    """Prompt tokens a call will count, estimated before it: about 4 bytes a token of the request as sent."""
+    return len(body) // 4
 
 
 def _total(values: Iterable[float | None]) -> float | None:

@@ -30,7 +30,7 @@ from worker.categories import categories_for
 from worker.errors import InvalidRequest, ReportError
 from worker.facts import clinical_input, input_digest
 from worker.intake import validate
-from worker.llm import Completion, ReportWriter, estimate_tokens
+from worker.llm import Completion, ReportWriter, chat_body, estimate_tokens
 from worker.pipeline import input_changed, report_document, success
 from worker.prompt import build_messages, response_format
 
@@ -51,7 +51,7 @@ class ScriptedWriter(ReportWriter):
         self.calls: list[tuple[list[dict], dict]] = []
 
     def _complete(self, messages: list[dict], answer_format: dict, deadline: float | None = None) -> Completion:
-        prompt_tokens = estimate_tokens(messages, answer_format)  # as the real call's permit does
+        prompt_tokens = estimate_tokens(chat_body(self.model, messages, answer_format, self._options))  # as the real call
         self.calls.append((messages, answer_format))
         answer = self.answers[len(self.calls) - 1]
         text = answer.content or answer.refusal or ""
