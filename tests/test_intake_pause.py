@@ -75,4 +75,6 @@ def test_a_new_key_by_hup_resumes_intake(spawn, env, broker, db, llm, names, tmp
     parent.signal(signal.SIGHUP)
     answers = broker.responses(3, timeout=60)                 # long before the next probe (60 s)
     assert all(a["status"] == "success" for a in answers)
-    assert parent.events("reloaded") and db.medical_reports.count_documents({"status": "done"}) == 3
+    # the new child answers as soon as it consumes; the parent says "reloaded" at its next turn after that
+    parent.wait_event("reloaded", timeout=30)
+    assert db.medical_reports.count_documents({"status": "done"}) == 3
