@@ -44,7 +44,8 @@ def test_missing_or_odd_fields_read_as_none(changes, field, expected):
     assert parse_completion(json.dumps(completion(**changes)).encode())[field] == expected
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"text"', json.dumps({"choices": "many"}).encode()])
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'"text"', json.dumps({"choices": "many"}).encode(),
+                                  json.dumps({"error": {"message": "upstream timed out"}}).encode()])
 def test_what_is_not_a_chat_completion_is_refused(body):
     with pytest.raises(ValueError):
         parse_completion(body)

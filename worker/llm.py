@@ -227,8 +227,8 @@ def parse_completion(body: bytes) -> dict:
     """The fields we read of a chat completion's JSON: text, refusal, finish_reason, model and the usage
     (None where the answer leaves them out). ValueError when the body is not a chat completion at all."""
     payload = json.loads(body)
-    if not isinstance(payload, dict) or not isinstance(payload.get("choices", []), list):
-        raise ValueError("not a chat completion object")
+    if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        raise ValueError("not a chat completion object")  # e.g. a proxy's {"error": ...} with status 200
     choices, usage = payload.get("choices") or [], payload.get("usage")
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
