@@ -161,14 +161,18 @@ def declared(names) -> set[str]:
     return set(queues_of(names).values())
 
 
-@pytest.fixture
-def broker(names, declared):
-    b = Broker(names)
+def serve_broker(b, declared: set[str]):
+    """A broker fixture's body: yield `b`, then delete the test's queues and close it."""
     yield b
     try:
         b.delete_queues(sorted(declared))
     finally:
         b.close()
+
+
+@pytest.fixture
+def broker(names, declared):
+    yield from serve_broker(Broker(names), declared)
 
 
 @pytest.fixture

@@ -222,35 +222,32 @@ class Handler(BaseHTTPRequestHandler):
                         "retry-after-ms": str(max(1, math.ceil(wait * 1000)))})
             return
         faults, call_number, rolls, delay = self.server.draw(str(document.get("request_id", "")))
-        status, payload, headers = self.decide(chat, body, document, faults, call_number, rolls, limit_headers)
+        status, payload, headers, hang = self.decide(chat, body, document, faults, call_number, rolls, limit_headers)
         data = json.dumps(payload).encode()
-        if self.server.stopping.wait(max(0.0, arrived + delay - time.monotonic())):
-            self.close_connection = True
-            return
-        if status == 0:  # a timeout: hang, then drop the connection unanswered
-            self.server.stopping.wait(faults.hang_seconds)
+        if self.server.stopping.wait(max(0.0, arrived + delay - time.monotonic())) or (
+                hang and self.server.stopping.wait(faults.hang_seconds)):
             self.close_connection = True
             return
         self.send(status, data, headers)
 
     def decide(self, chat: dict, body: bytes, document: dict, faults: Faults, call_number: int,
-               rolls: dict[str, bool], limit_headers: dict[str, str]) -> tuple[int, dict, dict[str, str]]:
-        """The answer to one admitted chat call: (status, payload, headers); status 0 means hang (a timeout)."""
+               rolls: dict[str, bool], limit_headers: dict[str, str]) -> tuple[int, dict, dict[str, str], bool]:
+        """The answer to one admitted chat call: (status, payload, headers, whether to hang `hang_seconds` first)."""
         if rolls["rate_limit"]:
             return 429, error_body("Rate limit reached for requests", "requests", "rate_limit_exceeded"), {
-                "retry-after": "1"}
+                "retry-after": "1"}, False
         if rolls["error"]:
-            return 500, error_body("The server had an error while processing your request.", "server_error"), {}
-        if rolls["timeout"]:
-            return 0, {}, {}
+            return 500, error_body("The server had an error while processing your request.", "server_error"), {}, False
+        hang = rolls["timeout"]  # then the answer as usual, if the client is still there
         problem = schema_problem(chat.get("response_format"))
         if problem:
-            return 400, error_body(f"Invalid schema for response_format: {problem}", "invalid_request_error"), {}
+            return 400, error_body(f"Invalid schema for response_format: {problem}", "invalid_request_error"), {}, hang
         model = chat.get("model") or "fake-llm"
         if rolls["malformed"] or call_number <= faults.malformed_first:
-            return 200, completion_body(model, body, MALFORMED_ANSWER), limit_headers
+            return 200, completion_body(model, body, MALFORMED_ANSWER), limit_headers, hang
         mode = mode_of(str(document.get("request_id", "")), call_number, faults.mode, faults.modes)
-        return 200, completion_body(model, body, answer_for(mode, document, chat.get("response_format"))), limit_headers
+        answer = answer_for(mode, document, chat.get("response_format"))
+        return 200, completion_body(model, body, answer), limit_headers, hang
 
     def reply(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
         self.send(status, json.dumps(payload).encode(), headers)

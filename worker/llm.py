@@ -229,7 +229,7 @@ def parse_completion(body: bytes) -> dict:
     payload = json.loads(body)
     if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
         raise ValueError("not a chat completion object")  # e.g. a proxy's {"error": ...} with status 200
-    choices, usage = payload.get("choices") or [], payload.get("usage")
+    choices, usage = payload["choices"], payload.get("usage")
     choice = choices[0] if choices and isinstance(choices[0], dict) else {}
     message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
     usage = usage if isinstance(usage, dict) else {}

@@ -11,7 +11,7 @@ import pika
 import pytest
 
 from tests.cluster import NODES, Cluster, ClusterBroker, port_node, url
-from tests.conftest import sample_request
+from tests.conftest import sample_request, serve_broker
 from tests.harness import log_time
 from tests.services import wait_for
 from worker.settings import load
@@ -35,12 +35,7 @@ def cluster():
 @pytest.fixture
 def broker(names, declared, cluster):
     """The test's Broker on the cluster (overrides tests/conftest.py's, for the ledger too)."""
-    b = ClusterBroker(names, cluster)
-    yield b
-    try:
-        b.delete_queues(sorted(declared))
-    finally:
-        b.close()
+    yield from serve_broker(ClusterBroker(names, cluster), declared)
 
 
 @pytest.fixture
