@@ -1,6 +1,7 @@
 """How a delivery ends, decided from the pipeline's result or error class alone; the consumer carries it out."""
 
 import fnmatch
+import functools
 import hashlib
 import hmac
 import time
@@ -67,12 +68,17 @@ def decide(delivery: Delivery, pipeline: Pipeline, settings: Settings) -> Settle
         return give_up(delivery, settings, exc, "dead_lettered", *ids)
     log.info("report_done", request_id=response.request_id, report_id=response.report_id,
              attempt=attempt, seconds=round(time.perf_counter() - started, 4))
-    unconfirmed = TransientError("the broker did not confirm the response", code="retries_exhausted")
+    return Settlement((respond(delivery, settings, response),), outcome="success",
+                      otherwise=functools.partial(unconfirmed, delivery, settings, attempt, claim, ids))
+
+
+def unconfirmed(delivery: Delivery, settings: Settings, attempt: int, claim: str, ids: tuple[str, str]) -> Settlement:
+    """A success whose response the broker refused: the next attempt (its claim finds the stored report and
+    answers again), or the DLQ once the attempts are spent. Built only when that happens."""
+    exc = TransientError("the broker did not confirm the response", code="retries_exhausted")
     if attempt <= settings.max_retries:
-        otherwise = retry(delivery, settings, attempt + 1, unconfirmed, claim, request.request_id, announce=False)
-    else:
-        otherwise = give_up(delivery, settings, unconfirmed, "dead_lettered", *ids, announce=False)
-    return Settlement((respond(delivery, settings, response),), outcome="success", otherwise=otherwise)
+        return retry(delivery, settings, attempt + 1, exc, claim, ids[0], announce=False)
+    return give_up(delivery, settings, exc, "dead_lettered", *ids, announce=False)
 
 
 def answerable_ids(delivery: Delivery, settings: Settings) -> tuple[str, str]:
@@ -147,8 +153,8 @@ def retry(delivery: Delivery, settings: Settings, attempt: int, exc: BaseExcepti
     properties = delivery.copy_properties(**headers)
     publish = Publish(settings.retry_queue(delay), delivery.body, properties)
     refused = TransientError(f"the delay queue refused the retry: {_reason(exc)}", code=getattr(exc, "code", None))
-    return Settlement((publish,), outcome="retried",
-                      otherwise=give_up(delivery, settings, refused, "dead_lettered", request_id, "", announce=False))
+    return Settlement((publish,), outcome="retried", otherwise=functools.partial(
+        give_up, delivery, settings, refused, "dead_lettered", request_id, "", announce=False))
 
 
 def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome: str,

@@ -37,9 +37,9 @@ class Settler:
                     for publish in current.publishes:
                         self._publish_confirmed(channel, publish)
             except NackError:
-                log.warning("publish_not_confirmed", tag=delivery.tag, outcome=current.outcome,
-                            then=current.otherwise.outcome if current.otherwise else "requeue_later")
-                current = current.otherwise
+                refused, current = current, current.fallback()
+                log.warning("publish_not_confirmed", tag=delivery.tag, outcome=refused.outcome,
+                            then=current.outcome if current else "requeue_later")
                 continue
             channel.basic_ack(delivery.tag)
             self.events.message_settled(current.outcome, time.monotonic() - delivery.received_at)
