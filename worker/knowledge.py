@@ -1,7 +1,14 @@
-"""Active knowledge-base entries by category, kept in-process for a short time."""
+"""Active knowledge-base entries by category, kept in-process for a short time.
+
+One load per category set at a time: threads that miss while a load runs wait for its answer instead of
+sending the same query (64 threads of a process would otherwise all miss together when the entries
+expire). Expired entries are served to the others while one thread refreshes them, so a TTL expiry costs
+one query and no waiting; a set never loaded waits for its first load, and shares its error too.
+"""
 
 import threading
 import time
+from concurrent.futures import Future
 from typing import Callable, Iterable
 
 from worker.events import NO_EVENTS, Events
@@ -16,18 +23,35 @@ class KnowledgeCache:
         self._ttl = ttl
         self._lock = threading.Lock()
         self._entries: dict[tuple[str, ...], tuple[float, list[dict]]] = {}
+        self._loading: dict[tuple[str, ...], Future] = {}
 
     def entries_for(self, categories: Iterable[str]) -> list[dict]:
         key = tuple(sorted(set(categories)))
-        now = time.monotonic()
         with self._lock:
             cached = self._entries.get(key)
-        if cached and cached[0] > now:
-            self._events.cache_result("knowledge", "hit")
-            return cached[1]
+            if cached and cached[0] > time.monotonic():
+                self._events.cache_result("knowledge", "hit")
+                return cached[1]
+            loading = self._loading.get(key)
+            if loading is None:
+                loading = self._loading[key] = Future()
+                leader = True
+            else:
+                leader = False
+        if not leader:  # another thread loads this set now: its stale entries if any, else its answer
+            self._events.cache_result("knowledge", "hit" if cached else "miss")
+            return cached[1] if cached else loading.result()
         self._events.cache_result("knowledge", "miss")
-        entries = self._load(key)
-        if self._ttl > 0:
+        try:
+            entries = self._load(key)
+        except BaseException as exc:
             with self._lock:
-                self._entries[key] = (now + self._ttl, entries)
+                del self._loading[key]
+            loading.set_exception(exc)
+            raise
+        with self._lock:
+            if self._ttl > 0:
+                self._entries[key] = (time.monotonic() + self._ttl, entries)
+            del self._loading[key]
+        loading.set_result(entries)
         return entries
