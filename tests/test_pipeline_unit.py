@@ -176,6 +176,23 @@ def test_a_transient_failure_is_retried_through_the_delay_queue_of_its_attempt(a
     assert pipeline.store.reports == {} and pipeline.store.calls[-1] == "release"  # released in one place
 
 
+def test_a_success_whose_response_the_broker_refuses_falls_back_to_the_next_attempt_then_the_dlq():
+    pipeline, _ = make_pipeline()
+    first = handle(delivery(sample_request(request_id="r-fb"), **{CLAIM_HEADER: "tok"}), pipeline, SETTINGS)
+    assert first.outcome == "success" and callable(first.otherwise)   # built only if the broker refuses
+    retry = first.fallback()
+    assert retry.outcome == "retried" and routes(retry) == ["req.retry.1s"]
+    assert retry.publishes[0].properties.headers[ATTEMPT_HEADER] == 2
+    refused = retry.fallback()   # the delay queue refuses too: answer failed, into the DLQ
+    assert refused.outcome == "dead_lettered" and routes(refused) == ["resp", "dead"]
+    assert refused.fallback().outcome == "dead_lettered" and routes(refused.fallback()) == ["dead"]
+    last = handle(delivery(sample_request(request_id="r-fb"), attempt=3), pipeline, SETTINGS)
+    assert last.outcome == "success" and len(pipeline.writer.calls) == 1   # the stored report, answered again
+    spent = last.fallback()
+    assert spent.outcome == "dead_lettered" and routes(spent) == ["resp", "dead"]
+    assert json.loads(spent.publishes[0].body)["error_code"] == "retries_exhausted"
+
+
 def test_retries_exhausted_answer_failed_and_dead_letter():
     pipeline, _ = make_pipeline(FakeWriter(fail=[TransientError("LLM timed out")]))
     settlement = handle(delivery(sample_request(request_id="r-5"), attempt=3), pipeline, SETTINGS)
