@@ -5,10 +5,11 @@ from dataclasses import dataclass, field
 
 import pika
 import pytest
+from pika.exceptions import NackError
 
 from tests.conftest import sample_request
 from worker.claims import Claim
-from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, Delivery
+from worker.delivery import ATTEMPT_HEADER, CLAIM_HEADER, Delivery, Publish, Settlement
 from worker.errors import InProgress, PermanentError, TransientError
 from worker.events import Events
 from worker.frames import MARKER
@@ -16,6 +17,7 @@ from worker.llm import GeneratedReport
 from worker.outcomes import handle
 from worker.pipeline import Pipeline
 from worker.settings import load
+from worker.settler import Settler
 
 SETTINGS = load({"OPENAI_API_KEY": "k", "RETRY_DELAYS": "1,2", "MAX_RETRIES": "2", "RABBITMQ_REQUEST_QUEUE": "req",
                  "RABBITMQ_RESPONSE_QUEUE": "resp", "RABBITMQ_DLQ": "dead"})
@@ -191,6 +193,37 @@ def test_a_success_whose_response_the_broker_refuses_falls_back_to_the_next_atte
     spent = last.fallback()
     assert spent.outcome == "dead_lettered" and routes(spent) == ["resp", "dead"]
     assert json.loads(spent.publishes[0].body)["error_code"] == "retries_exhausted"
+
+
+class RefusingChannel:
+    """The channel side of a nack: every publish is refused; acks and nacks are recorded."""
+
+    is_open = True
+
+    def __init__(self):
+        self.acked, self.nacked = [], []
+
+    def basic_publish(self, *args, **kwargs):
+        raise NackError([])
+
+    def basic_ack(self, tag):
+        self.acked.append(tag)
+
+    def basic_nack(self, tag, requeue=True):
+        self.nacked.append(tag)
+
+
+def test_a_fallback_that_cannot_be_built_requeues_later_instead_of_raising_on_the_io_thread():
+    later = []
+    channel = RefusingChannel()
+    broken = Settlement((Publish("resp", b"{}", pika.BasicProperties()),), outcome="success",
+                        otherwise=lambda: 1 / 0)
+    outcome = Settler(Events(), lambda delay, callback: later.append((delay, callback))).settle(
+        channel, delivery(sample_request(request_id="r-fx")), broken)
+    assert outcome == "requeued" and channel.acked == [] and channel.nacked == []
+    [(delay, requeue)] = later
+    requeue()
+    assert delay > 0 and channel.nacked == [1]
 
 
 def test_retries_exhausted_answer_failed_and_dead_letter():

@@ -6,6 +6,7 @@ expire). Expired entries are served to the others while one thread refreshes the
 one query and no waiting; a set never loaded waits for its first load, and shares its error too.
 """
 
+import copy
 import threading
 import time
 from concurrent.futures import Future
@@ -29,20 +30,20 @@ class KnowledgeCache:
         key = tuple(sorted(set(categories)))
         with self._lock:
             cached = self._entries.get(key)
-            if cached and cached[0] > time.monotonic():
-                self._events.cache_result("knowledge", "hit")
-                return cached[1]
-            loading = self._loading.get(key)
-            if loading is None:
-                loading = self._loading[key] = Future()
-                leader = True
-            else:
-                leader = False
+            fresh = bool(cached) and cached[0] > time.monotonic()
+            if not fresh:
+                loading = self._loading.get(key)
+                leader = loading is None
+                if leader:
+                    loading = self._loading[key] = Future()
+        if fresh:
+            self._events.cache_result("knowledge", "hit")
+            return cached[1]
         if not leader:  # another thread loads this set now: its stale entries if any, else its answer
             self._events.cache_result("knowledge", "hit" if cached else "miss")
-            return cached[1] if cached else loading.result()
-        self._events.cache_result("knowledge", "miss")
+            return cached[1] if cached else _shared(loading)
         try:
+            self._events.cache_result("knowledge", "miss")
             entries = self._load(key)
         except BaseException as exc:
             with self._lock:
@@ -55,3 +56,12 @@ class KnowledgeCache:
             del self._loading[key]
         loading.set_result(entries)
         return entries
+
+
+def _shared(loading: Future) -> list[dict]:
+    """The answer of a load another thread runs; its error as this thread's own copy (one exception object
+    raised in many threads would collect all their tracebacks)."""
+    try:
+        return loading.result()
+    except Exception as exc:
+        raise copy.copy(exc) from exc

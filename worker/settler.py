@@ -23,7 +23,7 @@ class Settler:
         self.waiting_since: float | None = None
 
     def settle(self, channel, delivery: Delivery, settlement: Settlement) -> str:
-        """Publish, then ack; a publish the broker refuses (NackError) turns to `settlement.otherwise`,
+        """Publish, then ack; a publish the broker refuses (NackError) turns to `settlement.fallback()`,
         the bounded path outcomes prepared (a delay queue with the next attempt, then the DLQ). Returns
         the outcome that happened. UnroutableError for one of our own queues escapes: the consumer
         reconnects, which declares the queues again, and the delivery comes back."""
@@ -37,7 +37,7 @@ class Settler:
                     for publish in current.publishes:
                         self._publish_confirmed(channel, publish)
             except NackError:
-                refused, current = current, current.fallback()
+                refused, current = current, _fallback(current)
                 log.warning("publish_not_confirmed", tag=delivery.tag, outcome=refused.outcome,
                             then=current.outcome if current else "requeue_later")
                 continue
@@ -76,3 +76,13 @@ class Settler:
             requeue()
         else:
             self.call_later(LAST_RESORT_DELAY, requeue)
+
+
+def _fallback(settlement: Settlement) -> Settlement | None:
+    """The settlement's fallback, built now; one that cannot be built requeues later instead of taking the
+    I/O thread (and every delivery of the process) down with it."""
+    try:
+        return settlement.fallback()
+    except Exception as exc:
+        log.error("fallback_failed", exc_info=exc, outcome=settlement.outcome)
+        return None
