@@ -53,8 +53,10 @@ def test_what_is_not_a_chat_completion_is_refused(body):
 
 class Garbage(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    content_types: list = []   # what each call said its body was
 
     def do_POST(self):
+        self.content_types.append(self.headers.get("Content-Type"))
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         data = b"<html>proxy says hello</html>"
         self.send_response(200)
@@ -79,6 +81,7 @@ def test_a_200_that_is_not_a_chat_completion_is_transient_over_real_http():
             writer.generate(request, categories_for(request), knowledge_for(request))
         assert raised.value.code == "llm_unavailable" and "not a chat completion" in str(raised.value)
         assert llm_requests("garbage-model", "error") == before + 1
+        assert Garbage.content_types == ["application/json"]   # the client's default header on our raw body
     finally:
         server.shutdown()
         server.server_close()

@@ -22,7 +22,6 @@ from worker.schemas import ReportGenerationRequest
 log = EventLog(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PING_TIMEOUT = 5.0
-JSON_HEADERS = {"Content-Type": "application/json"}
 PERMANENT_STATUSES = frozenset({400, 413, 422})
 UNAUTHORIZED_STATUSES = frozenset({401, 403})
 
@@ -181,8 +180,7 @@ class ReportWriter:
         with permit:
             started = time.monotonic()
             try:  # the client's documented raw request: its retries, timeouts and errors, none of its typed models
-                response = self._client.post("/chat/completions", cast_to=httpx2.Response, content=body,
-                                             options={"headers": JSON_HEADERS})
+                response = self._client.post("/chat/completions", cast_to=httpx2.Response, content=body)
             except openai.APIError as exc:
                 if isinstance(exc, openai.RateLimitError) and getattr(exc, "code", None) != "insufficient_quota":
                     self.limiter.cooldown(retry_after_seconds(exc.response.headers) or self._cooldown)
