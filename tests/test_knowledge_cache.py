@@ -47,15 +47,21 @@ class Results(Events):
             time.sleep(0.01)
 
 
+def miss_together(cache, loader, events, categories, count):
+    """`count` threads ask for `categories` at once; the loader is held until every one has reported (a thread
+    waiting for another's load reports before it waits). Returns their futures, all done."""
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(cache.entries_for, categories) for _ in range(count)]
+        assert loader.started.wait(5)
+        events.wait_for(count)
+        loader.release.set()
+    return futures
+
+
 def test_threads_that_miss_together_share_one_load():
     loader, events = Loader(), Results()
     cache = KnowledgeCache(loader, ttl=60, events=events)
-    with ThreadPoolExecutor(16) as pool:
-        futures = [pool.submit(cache.entries_for, ["lipids", "diabetes"]) for _ in range(16)]
-        assert loader.started.wait(5)
-        events.wait_for(16)   # the other 15 are waiting for the one load
-        loader.release.set()
-        answers = [f.result(timeout=5) for f in futures]
+    answers = [f.result() for f in miss_together(cache, loader, events, ["lipids", "diabetes"], 16)]
     assert loader.calls == 1
     assert all(answer is answers[0] for answer in answers)
     assert [e["id"] for e in answers[0]] == ["kb-diabetes-1", "kb-lipids-1"]
@@ -88,12 +94,7 @@ def test_a_failed_first_load_fails_every_waiter_and_the_next_call_loads_again():
     loader, events = Loader(), Results()
     loader.fail = True
     cache = KnowledgeCache(loader, ttl=60, events=events)
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(cache.entries_for, ["smoking_cessation"]) for _ in range(4)]
-        assert loader.started.wait(5)
-        events.wait_for(4)
-        loader.release.set()
-        errors = [f.exception(timeout=5) for f in futures]
+    errors = [f.exception() for f in miss_together(cache, loader, events, ["smoking_cessation"], 4)]
     assert all(isinstance(error, TransientError) for error in errors) and loader.calls == 1
     assert len({id(error) for error in errors}) == 4   # each thread raises its own copy of the one failure
     assert all(error.code == errors[0].code and str(error) == str(errors[0]) for error in errors)
@@ -117,12 +118,7 @@ def test_a_failed_refresh_keeps_the_stale_entries_for_the_others_and_is_tried_ag
 def test_without_a_ttl_nothing_is_kept_but_concurrent_misses_still_share_a_load():
     loader, events = Loader(), Results()
     cache = KnowledgeCache(loader, ttl=0, events=events)
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(cache.entries_for, ["general"]) for _ in range(4)]
-        assert loader.started.wait(5)
-        events.wait_for(4)
-        loader.release.set()
-        assert len({id(f.result(timeout=5)) for f in futures}) == 1
+    assert len({id(f.result()) for f in miss_together(cache, loader, events, ["general"], 4)}) == 1
     assert loader.calls == 1
     cache.entries_for(["general"])
     assert loader.calls == 2
