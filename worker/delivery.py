@@ -2,7 +2,7 @@
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Union
+from typing import Callable
 
 import pika
 
@@ -29,19 +29,19 @@ class Publish:
 class Settlement:
     """How a delivery ends: publish these (each confirmed), then ack; or, with requeue, nack it back to the
     queue and publish nothing. `outcome` is what the metrics count. `otherwise` is what to do instead when
-    the broker refuses one of the publishes (a nack): a settlement, or a function that builds it then (the
+    the broker refuses one of the publishes (a nack): a function that builds that settlement then (the
     success path's fallback is rarely needed, so it is not built for every report); `pause` asks the
     consumer to stop taking messages."""
 
     publishes: tuple[Publish, ...] = ()
     requeue: bool = False
     outcome: str = "success"
-    otherwise: Union["Settlement", Callable[[], "Settlement"], None] = None
+    otherwise: Callable[[], "Settlement"] | None = None
     pause: str = ""
 
     def fallback(self) -> "Settlement | None":
         """What to do instead when the broker refuses a publish (None: nothing of ours would take it)."""
-        return self.otherwise() if callable(self.otherwise) else self.otherwise
+        return self.otherwise() if self.otherwise else None
 
 
 @dataclass

@@ -183,7 +183,7 @@ def give_up(delivery: Delivery, settings: Settings, exc: BaseException, outcome:
                                       retryable=retryable(code), error_message=getattr(exc, "public", "") or describe(code))
     # a response nobody takes (the response queue full and refusing) must not keep the message from the DLQ
     return Settlement((respond(delivery, settings, failed), *dead_letter.publishes), outcome=outcome,
-                      otherwise=dead_letter)
+                      otherwise=lambda: dead_letter)
 
 
 def _reason(exc: BaseException) -> str:
